@@ -1,0 +1,154 @@
+"""Chat with ChatGLM-6B in the terminal.
+
+    python cli_demo.py                         # the bundled demo checkpoint
+    python cli_demo.py --model THUDM/chatglm-6b --quantize 4
+
+Type a message at the ``用户：`` prompt; the answer streams in. ``clear`` empties the history and the
+screen, ``stop`` ends the program (so do Ctrl-D and Ctrl-C at the prompt), Ctrl-C while an answer is
+being written stops that answer only. Arrow keys edit the line and walk through earlier inputs.
+
+When stdin or stdout is not a terminal (``echo 你好 | python cli_demo.py``), every input line is one
+message and the plain answers are printed one after another, for scripting.
+"""
+
+import argparse
+import signal
+import sys
+import time
+
+from chatglm.loader import add_model_args, load_model_and_tokenizer
+
+WELCOME = "欢迎使用 ChatGLM-6B 模型：输入内容即可对话，输入 clear 清空对话历史，输入 stop 退出程序。"
+USER_TAG = "用户："
+BOT_TAG = "ChatGLM-6B："
+CLEAR_SCREEN = "\033[H\033[2J\033[3J"
+REDRAW_INTERVAL_S = 0.05
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Chat with ChatGLM-6B in the terminal.")
+    add_model_args(parser)
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--max-length", type=int, default=2048,
+                     help="most tokens of prompt (with history) plus answer (default: 2048)")
+    gen.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling top p (default: 0.7)")
+    gen.add_argument("--temperature", type=float, default=0.95,
+                     help="sampling temperature; 0 means greedy decoding (default: 0.95)")
+    return parser
+
+
+def generation_kwargs(args) -> dict:
+    if args.temperature <= 0:
+        return {"max_length": args.max_length, "do_sample": False}
+    return {"max_length": args.max_length, "top_p": args.top_p, "temperature": args.temperature}
+
+
+def render(history, welcome: str = WELCOME) -> str:
+    """The whole conversation as the interactive screen shows it."""
+    text = welcome
+    for query, response in history:
+        text += f"\n\n{USER_TAG}{query}\n\n{BOT_TAG}{response}"
+    return text
+
+
+def _enable_line_editing() -> None:
+    try:
+        import readline  # noqa: F401  (importing it gives input() line editing and history)
+    except ImportError:  # e.g. Windows without pyreadline
+        pass
+
+
+class _AnswerInterrupt:
+    """While installed, the first Ctrl-C asks the current answer to stop at the next token; a second
+    one interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def interactive(model, tokenizer, args) -> None:
+    _enable_line_editing()
+    history = []
+    out = sys.stdout
+    out.write(CLEAR_SCREEN + WELCOME + "\n")
+    out.flush()
+    while True:
+        try:
+            query = input(f"\n{USER_TAG}")
+        except (EOFError, KeyboardInterrupt):
+            out.write("\n")
+            return
+        command = query.strip()
+        if command == "stop":
+            return
+        if command == "clear":
+            history = []
+            out.write(CLEAR_SCREEN + WELCOME + "\n")
+            out.flush()
+            continue
+        if not command:
+            continue
+        new_history = history + [(query, "")]
+        last_draw = 0.0
+        with _AnswerInterrupt() as interrupt:
+            try:
+                for response, new_history in model.stream_chat(tokenizer, query, history=history,
+                                                                 **generation_kwargs(args)):
+                    if interrupt.requested:
+                        break
+                    now = time.monotonic()
+                    if now - last_draw >= REDRAW_INTERVAL_S:
+                        out.write(CLEAR_SCREEN + render(new_history) + "\n")
+                        out.flush()
+                        last_draw = now
+            except KeyboardInterrupt:
+                pass
+        history = [tuple(turn) for turn in new_history]
+        out.write(CLEAR_SCREEN + render(history) + "\n")
+        out.flush()
+
+
+def batch(model, tokenizer, args) -> None:
+    """Non-interactive use: one message per input line, the plain answer on stdout."""
+    history = []
+    for line in sys.stdin:
+        query = line.rstrip("\r\n")
+        command = query.strip()
+        if command == "stop":
+            break
+        if command == "clear":
+            history = []
+            continue
+        if not command:
+            continue
+        response, history = model.chat(tokenizer, query, history=history, **generation_kwargs(args))
+        sys.stdout.write(response + "\n")
+        sys.stdout.flush()
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    tokenizer, model = load_model_and_tokenizer(args)
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        interactive(model, tokenizer, args)
+    else:
+        batch(model, tokenizer, args)
+
+
+if __name__ == "__main__":
+    main()

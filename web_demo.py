@@ -1,0 +1,44 @@
+"""Chat with ChatGLM-6B in the browser (gradio).
+
+    python web_demo.py                           # http://127.0.0.1:7860, bundled demo checkpoint
+    python web_demo.py --model THUDM/chatglm-6b --host 0.0.0.0 --port 7860
+    python web_demo.py --share                   # also a temporary public gradio.live link
+
+The page itself is built by ``chatglm.webui.build_demo`` (shared with ``ptuning/web_demo.py``).
+"""
+
+import argparse
+
+from chatglm.loader import add_model_args, load_model_and_tokenizer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Chat with ChatGLM-6B in the browser.")
+    add_model_args(parser)
+    add_server_args(parser)
+    return parser
+
+
+def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    server = parser.add_argument_group("web server")
+    server.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on; 0.0.0.0 makes the page reachable from other machines "
+                             "(default: 127.0.0.1)")
+    server.add_argument("--port", type=int, default=None, help="port (default: 7860, or the next free one)")
+    server.add_argument("--share", action="store_true", help="also create a public gradio.live link")
+    server.add_argument("--concurrency", type=int, default=1, metavar="N",
+                        help="answers generated at the same time; others wait in the queue (default: 1)")
+    return parser
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    tokenizer, model = load_model_and_tokenizer(args)
+    from chatglm.webui import build_demo, launch
+
+    demo = build_demo(tokenizer, model, concurrency_limit=args.concurrency)
+    launch(demo, host=args.host, port=args.port, share=args.share, concurrency_limit=args.concurrency)
+
+
+if __name__ == "__main__":
+    main()
