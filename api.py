@@ -127,6 +127,11 @@ def create_app(tokenizer, model, *, model_name: Optional[str] = None) -> FastAPI
         _free_gpu_cache()
         return response, new_history
 
+    def rejected(request: Request, status: int, detail: str) -> JSONResponse:
+        client = request.client.host if request.client else "-"
+        logger.info("[%s] %s rejected %d: %s", _now(), client, status, detail)
+        return _error(status, detail)
+
     @app.post("/")
     async def chat(request: Request):
         started = time.time()
@@ -134,12 +139,12 @@ def create_app(tokenizer, model, *, model_name: Optional[str] = None) -> FastAPI
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, f"the request body is not valid JSON ({exc}); send "
-                               f"{{\"prompt\": \"your question\", \"history\": []}}")
+            return rejected(request, 400, f"the request body is not valid JSON ({exc}); send "
+                                          f"{{\"prompt\": \"your question\", \"history\": []}}")
         try:
             prompt, history, max_length, top_p, temperature = parse_chat_request(body)
         except BadRequest as exc:
-            return _error(exc.status, exc.detail)
+            return rejected(request, exc.status, exc.detail)
 
         app.state.pending += 1
         try:
@@ -147,12 +152,13 @@ def create_app(tokenizer, model, *, model_name: Optional[str] = None) -> FastAPI
             response, new_history = await loop.run_in_executor(
                 executor, generate, prompt, history, max_length, top_p, temperature)
         except ValueError as exc:  # e.g. a prompt the model cannot take at this max_length
-            return _error(422, f"cannot answer this request: {exc}")
+            return rejected(request, 422, f"cannot answer this request: {exc}")
         finally:
             app.state.pending -= 1
-        now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-        logger.info("[%s] prompt=%r history_rounds=%d response=%r (%.2fs)", now, prompt, len(history),
-                    response, time.time() - started)
+        now = _now()
+        client = request.client.host if request.client else "-"
+        logger.info("[%s] %s prompt=%r history_rounds=%d response=%r (%.2fs)", now, client, prompt,
+                    len(history), response, time.time() - started)
         return {
             "response": response,
             "history": [[question, answer] for question, answer in new_history],
@@ -165,6 +171,10 @@ def create_app(tokenizer, model, *, model_name: Optional[str] = None) -> FastAPI
         return {"status": "ok", "model": name, "queued_requests": app.state.pending}
 
     return app
+
+
+def _now() -> str:
+    return datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _free_gpu_cache() -> None:
@@ -193,7 +203,8 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tokenizer, model = load_model_and_tokenizer(args)
     app = create_app(tokenizer, model, model_name=args.model)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    # the app logs one line per request itself, so uvicorn's access log is off
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,8 @@
     python cli_demo.py --model THUDM/chatglm-6b --quantize 4
 
 Type a message at the ``用户：`` prompt; the answer streams in. ``clear`` empties the history and the
-screen, ``stop`` ends the program (so do Ctrl-D and Ctrl-C at the prompt), Ctrl-C while an answer is
-being written stops that answer only. Arrow keys edit the line and walk through earlier inputs.
+screen, ``stop`` (or Ctrl-D) ends the program, Ctrl-C while an answer is being written stops that
+answer only (at the prompt it drops the line typed so far). Arrow keys edit the line and walk through earlier inputs.
 
 When stdin or stdout is not a terminal (``echo 你好 | python cli_demo.py``), every input line is one
 message and the plain answers are printed one after another, for scripting.
@@ -90,9 +90,12 @@ def interactive(model, tokenizer, args) -> None:
     while True:
         try:
             query = input(f"\n{USER_TAG}")
-        except (EOFError, KeyboardInterrupt):
+        except EOFError:  # Ctrl-D
             out.write("\n")
             return
+        except KeyboardInterrupt:  # Ctrl-C at the prompt drops the line typed so far
+            out.write("\n")
+            continue
         command = query.strip()
         if command == "stop":
             return

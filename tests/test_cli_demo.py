@@ -1,0 +1,170 @@
+"""cli_demo.py as users run it: in a pseudo-terminal, and through a pipe."""
+
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import termios
+import fcntl
+import sys
+import time
+
+import pytest
+
+from _doors import REPO_ROOT
+
+CLEAR = "\x1b[H\x1b[2J"
+MAX_LENGTH = 40
+
+
+def _take_terminal():
+    # new session with the pseudo-terminal as controlling terminal, so that Ctrl-C becomes SIGINT
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """cli_demo.py with a pseudo-terminal as stdin, stdout and stderr."""
+
+    def __init__(self, args, env):
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([sys.executable, str(REPO_ROOT / "cli_demo.py"), *args], cwd=str(REPO_ROOT),
+                                     env=dict(env, TERM="xterm"), stdin=slave, stdout=slave, stderr=slave,
+                                     preexec_fn=_take_terminal)
+        os.close(slave)
+        self.buffer = ""
+        self._raw = b""
+
+    def read_until(self, pattern, timeout=60.0, start=0):
+        """Read until ``pattern`` (a regex) matches the output after ``start``; return the match."""
+        deadline = time.time() + timeout
+        regex = re.compile(pattern)
+        while True:
+            match = regex.search(self.buffer, start)
+            if match:
+                return match
+            remaining = deadline - time.time()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting for {pattern!r}; output so far:\n{self.buffer[-3000:]}")
+            ready, _, _ = select.select([self.master], [], [], min(remaining, 0.5))
+            if ready:
+                try:
+                    chunk = os.read(self.master, 65536)
+                except OSError:  # the child closed the terminal
+                    chunk = b""
+                if not chunk:
+                    if self.proc.poll() is not None:
+                        raise AssertionError(f"cli_demo.py exited ({self.proc.returncode}) before {pattern!r}:\n"
+                                             f"{self.buffer[-3000:]}")
+                    continue
+                self._raw += chunk
+                text = self._raw.decode("utf-8", errors="replace")
+                # drop readline's mode switches (bracketed paste) and carriage returns; keep screen clears
+                self.buffer = re.sub(r"\x1b\[\?\d+[hl]", "", text).replace("\r", "")
+
+    def send(self, text):
+        os.write(self.master, text.encode("utf-8"))
+
+    def close(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        os.close(self.master)
+
+
+def test_interactive_session(door_checkpoint, script_env):
+    term = Terminal(["--model", door_checkpoint, "--max-length", str(MAX_LENGTH), "--device", "cpu"], script_env)
+    try:
+        welcome = term.read_until(r"clear.*stop.*\n", timeout=120)
+        term.read_until(r"\n用户：", start=welcome.start())
+        mark = len(term.buffer)
+        term.send("你好\n")
+        # the answer is redrawn while it streams: the screen is cleared and the conversation printed again
+        done = term.read_until(r"ChatGLM-6B：[^\n]*(\n[^\n]*)*?\n\n用户：", start=mark)
+        after = term.buffer[mark:]
+        assert after.count(CLEAR) >= 2, "the streaming answer should redraw the screen at least twice"
+        last_screen = after[after.rindex(CLEAR) + len(CLEAR):]
+        assert "clear" in last_screen.split("\n", 1)[0]  # the welcome line stays on top
+        assert "\n\n用户：你好\n\nChatGLM-6B：" in last_screen
+        answer = last_screen.split("ChatGLM-6B：", 1)[1].rsplit("\n\n用户：", 1)[0].strip()
+        assert done is not None
+
+        # a second round keeps the first one on screen
+        mark = len(term.buffer)
+        term.send("再说一遍\n")
+        term.read_until(r"用户：再说一遍\n\nChatGLM-6B：[^\n]*(\n[^\n]*)*?\n\n用户：", start=mark)
+        screen = term.buffer[term.buffer.rindex(CLEAR):]
+        assert "用户：你好" in screen and "用户：再说一遍" in screen
+        if answer:
+            assert answer.splitlines()[0] in screen
+
+        # clear: history and screen are emptied
+        mark = len(term.buffer)
+        term.send("clear\n")
+        term.read_until(re.escape(CLEAR) + r"[^\n]*clear[^\n]*\n\n用户：", start=mark)
+        screen = term.buffer[term.buffer.rindex(CLEAR):]
+        assert "你好" not in screen
+
+        # stop ends the program
+        term.send("stop\n")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.close()
+
+
+def test_ctrl_c_stops_only_the_answer(tiny_checkpoint, script_env):
+    # the random tiny model rarely ends an answer, so with a large max_length Ctrl-C arrives while the
+    # answer is still being written
+    term = Terminal(["--model", tiny_checkpoint, "--max-length", "500", "--device", "cpu"], script_env)
+    try:
+        term.read_until(r"\n用户：", timeout=120)
+        term.send("\x03")  # Ctrl-C at the prompt: a fresh prompt, the program goes on
+        term.read_until(r"用户：(\^C)?\n+用户：$", timeout=30)
+        mark = len(term.buffer)
+        term.send("请写一篇很长很长的文章，介绍中国的历史。\n")
+        term.read_until(r"ChatGLM-6B：", start=mark)
+        term.send("\x03")  # Ctrl-C: the pseudo-terminal turns it into SIGINT
+        term.read_until(r"\n\n用户：$", start=mark, timeout=60)
+        assert term.proc.poll() is None, "Ctrl-C during an answer must not end the program"
+        term.send("stop\n")
+        assert term.proc.wait(timeout=30) == 0
+    finally:
+        term.close()
+
+
+def test_piped_input_gives_plain_answers(door_checkpoint, door_model, script_env):
+    tokenizer, model = door_model
+    first, history = model.chat(tokenizer, "你好", history=[], max_length=MAX_LENGTH, do_sample=False)
+    second, _ = model.chat(tokenizer, "晚上睡不着应该怎么办", history=history, max_length=MAX_LENGTH,
+                           do_sample=False)
+    fresh, _ = model.chat(tokenizer, "你好", history=[], max_length=MAX_LENGTH, do_sample=False)
+
+    lines = "你好\n\n晚上睡不着应该怎么办\nclear\n你好\nstop\nthis line is never read\n"
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "cli_demo.py"), "--model", door_checkpoint, "--max-length",
+         str(MAX_LENGTH), "--temperature", "0", "--device", "cpu"],
+        input=lines, capture_output=True, text=True, encoding="utf-8", cwd=str(REPO_ROOT), env=script_env,
+        timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{first}\n{second}\n{fresh}\n"
+    assert "\x1b" not in result.stdout  # no screen control codes when piped
+
+
+def test_missing_model_is_one_clear_line(tmp_path, script_env):
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "cli_demo.py"), "--model", str(tmp_path / "nowhere")],
+        input="", capture_output=True, text=True, cwd=str(REPO_ROOT), env=script_env, timeout=120)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: ") and "--model" in lines[-1]
+
+
+def test_help_lists_the_shared_flags(script_env):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "cli_demo.py"), "--help"], capture_output=True,
+                            text=True, cwd=str(REPO_ROOT), env=script_env, timeout=120)
+    assert result.returncode == 0
+    for flag in ("--model", "--device", "--quantize", "--num-gpus", "--dtype", "--max-length"):
+        assert flag in result.stdout

@@ -1,0 +1,244 @@
+"""ptuning/: data checks, preprocessing layout and metrics (no model needed)."""
+
+import json
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PTUNING = REPO_ROOT / "ptuning"
+REFERENCE = REPO_ROOT.parent / "shared" / "reference"
+sys.path.insert(0, str(PTUNING))
+
+import data_utils  # noqa: E402
+import metrics  # noqa: E402
+
+# ids of the reference tokenizer (../shared/reference/README.md)
+GMASK, SOP, EOP, PAD = 9967, 9970, 9971, 3
+
+
+@pytest.fixture(scope="module")
+def tok():
+    if not (REFERENCE / "tokenizer" / "ice_text.model").is_file():
+        pytest.skip("reference tokenizer not available")
+    import chatglm
+
+    return chatglm.ChatGLMTokenizer.from_pretrained(str(REFERENCE / "tokenizer"))
+
+
+@pytest.fixture(scope="module")
+def golden():
+    path = REFERENCE / "tokenizer_golden.json"
+    if not path.is_file():
+        pytest.skip("reference goldens not available")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def data_args(**kw):
+    base = dict(prompt_column="content", response_column="summary", history_column=None, source_prefix="",
+                max_source_length=16, max_target_length=12, val_max_target_length=12, ignore_pad_token_for_loss=True)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# layout
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_train_layout_token_for_token(tok):
+    prompt, answer = "类型#上衣*颜色#白色", "白色清新干净"
+    a = tok.encode(prompt, add_special_tokens=False)
+    b = tok.encode(answer, add_special_tokens=False)
+    assert len(a) <= 47 and len(b) <= 30
+    ids, labels = data_utils.build_train_features(tok, prompt, answer, 48, 32)
+    expected_ids = a + [GMASK, SOP] + b + [EOP]
+    expected_ids += [PAD] * (80 - len(expected_ids))
+    expected_labels = [-100] * (len(a) + 1) + [SOP] + b + [EOP]
+    expected_labels += [-100] * (80 - len(expected_labels))
+    assert ids == expected_ids
+    assert labels == expected_labels
+    assert len(ids) == len(labels) == 48 + 32
+    # same as the tokenizer's own pair layout
+    assert tok.build_inputs_with_special_tokens(a, b) == a + [GMASK, SOP] + b + [EOP]
+
+
+def test_train_truncation(tok):
+    prompt = "晚上睡不着应该怎么办？我试过数羊，但是没有用。" * 3
+    answer = "以下是一些可能有帮助的方法：保持规律的作息。" * 3
+    ids, labels = data_utils.build_train_features(tok, prompt, answer, 8, 6)
+    a = tok.encode(prompt, add_special_tokens=False)[:7]
+    b = tok.encode(answer, add_special_tokens=False)[:4]
+    assert ids == a + [GMASK, SOP] + b + [EOP]  # 7 + 2 + 4 + 1 = 14 = 8 + 6: no padding left
+    assert labels == [-100] * 8 + [SOP] + b + [EOP]
+
+
+def test_ignore_pad_token_for_loss_off(tok):
+    ids, labels = data_utils.build_train_features(tok, "你好", "你好", 8, 8, ignore_pad_token_for_loss=False)
+    assert labels[-1] == PAD and ids[-1] == PAD
+
+
+def test_eval_layout_matches_tokenizer_truncation(tok, golden):
+    g = golden["truncation"]
+    src, tgt = data_utils.build_eval_features(tok, g["text"], "答案是二。", g["max_length"], 6)
+    assert src == g["input_ids"]  # the original tokenizer(text, max_length, truncation=True)
+    assert tgt == tok.encode("答案是二。", add_special_tokens=False)[:4] + [GMASK, SOP]
+
+
+def test_chat_prompts_match_original(tok, golden):
+    for case in golden["chat_prompts"]:
+        history = case["history"] or []
+        if not history:
+            continue
+        prompt = data_utils.chat_prompt(case["query"], history)
+        assert prompt == case["prompt"]
+        src, _ = data_utils.build_eval_features(tok, prompt, "x", 1024, 8)
+        assert src == case["prompt_input_ids"]
+
+
+def test_preprocessors_columns_prefix_history(tok):
+    args = data_args(prompt_column="prompt", response_column="response", history_column="history",
+                     source_prefix="P:", max_source_length=64, max_target_length=16, val_max_target_length=16)
+    train_fn, eval_fn = data_utils.make_preprocessors(tok, args)
+    batch = {"prompt": ["问题", "", "第二"], "response": ["回答", "空", "答二"], "history": [[], [], [["q", "a"]]]}
+    train = train_fn(batch)
+    assert len(train["input_ids"]) == 2  # the empty prompt is skipped
+    # training uses the round layout whenever a history column is given (as the original)
+    expected0 = tok.encode("P:[Round 0]\n问：问题\n答：", add_special_tokens=False)
+    assert train["input_ids"][0][: len(expected0)] == expected0
+    expected1 = tok.encode("P:[Round 0]\n问：q\n答：a\n[Round 1]\n问：第二\n答：", add_special_tokens=False)
+    assert train["input_ids"][1][: len(expected1) + 2] == expected1 + [GMASK, SOP]
+    ev = eval_fn(batch)
+    # evaluation: plain query when the history is empty
+    assert ev["input_ids"][0] == tok.encode("P:问题", add_special_tokens=False) + [GMASK, SOP]
+    assert ev["input_ids"][1] == expected1 + [GMASK, SOP]
+
+
+def test_collator_train_and_eval(tok):
+    coll = data_utils.ChatGLMCollator(tok)
+    ids, labels = data_utils.build_train_features(tok, "你好", "你好", 8, 8)
+    batch = coll([{"input_ids": ids, "labels": labels}] * 2)
+    assert batch["input_ids"].shape == (2, 16) and set(batch) == {"input_ids", "labels"}
+    f1 = data_utils.build_eval_features(tok, "你好", "好", 16, 8)
+    f2 = data_utils.build_eval_features(tok, "晚上睡不着应该怎么办", "多休息", 16, 8)
+    batch = coll([{"input_ids": f1[0], "labels": f1[1]}, {"input_ids": f2[0], "labels": f2[1]}])
+    width = len(f2[0])
+    assert batch["input_ids"].shape == (2, width)
+    assert batch["input_ids"][0].tolist() == [PAD] * (width - len(f1[0])) + f1[0]  # left padding
+    assert batch["attention_mask"].shape == (2, width)
+    assert batch["attention_mask"][0].tolist() == [0] * (width - len(f1[0])) + [1] * len(f1[0])
+    assert batch["position_ids"].shape == (2, 2, width)
+    # row 0: positions, <sop> at the mask position; row 1: block positions
+    n = len(f1[0])
+    assert batch["position_ids"][0, 0].tolist()[-n:] == list(range(n - 1)) + [n - 2]
+    assert batch["position_ids"][0, 1].tolist()[-n:] == [0] * (n - 1) + [1]
+    assert batch["labels"].shape[0] == 2
+    # fallback computation agrees with the tokenizer's
+    assert data_utils.glm_position_ids(f2[0], GMASK, 9966, SOP) == batch["position_ids"][1].tolist()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# bad data
+# ---------------------------------------------------------------------------------------------------------
+
+
+def write(path, lines):
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "lines, line_no, words",
+    [
+        (['{"content": "a", "summary": "b"}', '{"content": "a", "summary": '], 2, "invalid JSON"),
+        (['{"content": "a", "summary": "b"}', '', '{"content": "a"}'], 3, 'missing column "summary"'),
+        (['{"content": 5, "summary": "b"}'], 1, 'column "content" must be a string'),
+        (['["content", "summary"]'], 1, "expected a JSON object"),
+    ],
+)
+def test_bad_json_lines(tmp_path, lines, line_no, words):
+    path = write(tmp_path / "bad.json", lines)
+    with pytest.raises(data_utils.DataFileError) as e:
+        data_utils.read_data_file(path, "content", "summary")
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:{line_no}:"), msg
+    assert words in msg
+
+
+def test_bad_history(tmp_path):
+    path = write(tmp_path / "chat.json", ['{"prompt": "a", "response": "b", "history": [["q", "a"]]}',
+                                          '{"prompt": "a", "response": "b", "history": "oops"}'])
+    with pytest.raises(data_utils.DataFileError, match=r"chat.json:2: column \"history\" must be a list"):
+        data_utils.read_data_file(path, "prompt", "response", "history")
+    path = write(tmp_path / "chat2.json", ['{"prompt": "a", "response": "b", "history": [["q"]]}'])
+    with pytest.raises(data_utils.DataFileError, match=r"chat2.json:1: column \"history\" item 0"):
+        data_utils.read_data_file(path, "prompt", "response", "history")
+
+
+def test_csv_and_good_file(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("content,summary\nx,y\n", encoding="utf-8")
+    assert data_utils.read_data_file(str(path), "content", "summary") == [{"content": "x", "summary": "y"}]
+    with pytest.raises(data_utils.DataFileError, match="missing column \"summary_x\" in the CSV header"):
+        data_utils.read_data_file(str(path), "content", "summary_x")
+    rows = data_utils.read_data_file(str(PTUNING / "data" / "AdvertiseGen_sample" / "dev.json"), "content", "summary")
+    assert len(rows) == 100
+
+
+def test_main_rejects_bad_file_before_loading_model(tmp_path, capsys):
+    import main as ptuning_main
+
+    bad = write(tmp_path / "train.json", ['{"content": "a", "summary": "b"}', '{"content": "a", "summary": 3}'])
+    with pytest.raises(SystemExit) as e:
+        ptuning_main.main(["--do_train", "--train_file", bad, "--prompt_column", "content", "--response_column",
+                           "summary", "--model_name_or_path", str(tmp_path / "no-such-model"), "--output_dir",
+                           str(tmp_path / "out"), "--use_cpu", "--report_to", "none"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:2: column \"summary\" must be a string" in err
+
+
+# ---------------------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_metrics_values_and_empty():
+    s = metrics.score_pair("这款衬衫简约大方", "这款衬衫简约大方，白色清新")
+    assert set(s) == {"rouge-1", "rouge-2", "rouge-l", "bleu-4"}
+    assert 0 < s["bleu-4"] < 100 and 0 < s["rouge-l"] < 100
+    same = metrics.score_pair("白色清新干净", "白色清新干净")
+    assert same["rouge-1"] == pytest.approx(100.0) and same["bleu-4"] == pytest.approx(100.0)
+    for pred, label in (("", "白色"), ("白色", ""), ("", ""), ("  ", "白色")):
+        assert metrics.score_pair(pred, label) == {"rouge-1": 0.0, "rouge-2": 0.0, "rouge-l": 0.0, "bleu-4": 0.0}
+    avg = metrics.score_texts(["白色清新干净", ""], ["白色清新干净", "x"])
+    assert avg["rouge-1"] == pytest.approx(50.0)
+
+
+def test_metrics_match_direct_computation():
+    import jieba
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+    from rouge_chinese import Rouge
+
+    pred, label = "宽松的版型不挑身材，白色清新", "宽松版型穿着自在舒适，纯净的白色百搭又耐看"
+    r = Rouge().get_scores(" ".join(jieba.cut(pred)), " ".join(jieba.cut(label)))[0]
+    b = sentence_bleu([list(label)], list(pred), smoothing_function=SmoothingFunction().method3)
+    s = metrics.score_pair(pred, label)
+    assert s["rouge-1"] == round(r["rouge-1"]["f"] * 100, 4)
+    assert s["rouge-2"] == round(r["rouge-2"]["f"] * 100, 4)
+    assert s["rouge-l"] == round(r["rouge-l"]["f"] * 100, 4)
+    assert s["bleu-4"] == round(b * 100, 4)
+
+
+def test_sample_data_is_reproducible(tmp_path):
+    import subprocess
+
+    subprocess.run([sys.executable, str(PTUNING / "data" / "make_sample.py"), "--out", str(tmp_path)], check=True,
+                   capture_output=True)
+    for rel in ("AdvertiseGen_sample/train.json", "AdvertiseGen_sample/dev.json", "chat_sample/train.json", "chat_sample/dev.json"):
+        assert (tmp_path / rel).read_bytes() == (PTUNING / "data" / rel).read_bytes(), rel
+    rows = [json.loads(l) for l in (tmp_path / "AdvertiseGen_sample/train.json").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == 1000 and all(r["content"].startswith("类型#") and r["summary"] for r in rows)

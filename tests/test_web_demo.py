@@ -1,0 +1,132 @@
+"""web_demo.py served on a free port and used in headless Chromium through selenium."""
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from _doors import REPO_ROOT, ServerProcess, free_port
+
+CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+SCREENSHOT = REPO_ROOT / "docs" / "web_demo.png"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip(f"needs {CHROMIUM} and {CHROMEDRIVER} (apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", f"--user-data-dir={profile}", "--window-size=1280,1100",
+                 "--lang=zh-CN"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def web_server(door_checkpoint, script_env):
+    with ServerProcess("web_demo.py", ["--model", door_checkpoint, "--device", "cpu"], free_port(), script_env,
+                       ready_path="/", startup_timeout=180) as proc:
+        yield proc
+
+
+def _wait(driver, condition, timeout=60, what="condition"):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            value = condition(driver)
+        except Exception:  # elements come and go while gradio re-renders
+            value = None
+        if value:
+            return value
+        if time.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _messages(driver, role):
+    from selenium.webdriver.common.by import By
+
+    return [element.text for element in
+            driver.find_elements(By.CSS_SELECTOR, f"#chatbot [data-testid='{role}']")]
+
+
+def _set_slider(driver, elem_id, value):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    box = driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type='number']")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(value), Keys.ENTER)
+    box.send_keys(Keys.TAB)
+    _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type='range']")
+          .get_attribute("value") == str(value), what=f"slider {elem_id} to show {value}")
+
+
+def test_chat_in_the_browser(web_server, browser):
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    driver.get(web_server.url)
+    _wait(driver, lambda d: d.find_element(By.CSS_SELECTOR, "#user-input textarea"), timeout=90,
+          what="the input box")
+    assert driver.title == "ChatGLM"
+    assert "ChatGLM" in driver.find_element(By.TAG_NAME, "h1").text
+    for label in ("Maximum length", "Top P", "Temperature", "Submit", "Clear History"):
+        assert label in driver.find_element(By.TAG_NAME, "body").text
+
+    # sliders: their defaults, then a short Maximum length so the answer stays quick
+    assert driver.find_element(By.CSS_SELECTOR, "#max-length input[type='range']").get_attribute("value") == "2048"
+    assert driver.find_element(By.CSS_SELECTOR, "#top-p input[type='range']").get_attribute("value") == "0.7"
+    assert driver.find_element(By.CSS_SELECTOR, "#temperature input[type='range']").get_attribute("value") == "0.95"
+    _set_slider(driver, "max-length", 96)
+
+    # an empty input is ignored
+    driver.find_element(By.CSS_SELECTOR, "button#submit").click()
+    time.sleep(1.0)
+    assert _messages(driver, "user") == []
+
+    box = driver.find_element(By.CSS_SELECTOR, "#user-input textarea")
+    box.send_keys("你好，请介绍一下你自己")
+    driver.find_element(By.CSS_SELECTOR, "button#submit").click()
+    _wait(driver, lambda d: _messages(d, "user") == ["你好，请介绍一下你自己"], what="the question in the chat")
+    answer = _wait(driver, lambda d: [text for text in _messages(d, "bot") if text.strip()], timeout=120,
+                   what="an answer in the chat")
+    assert driver.find_element(By.CSS_SELECTOR, "#user-input textarea").get_attribute("value") == ""
+    # wait until the answer stops growing, then keep a screenshot for the README
+    previous = None
+    for _ in range(60):
+        current = _messages(driver, "bot")
+        if current == previous:
+            break
+        previous = current
+        time.sleep(0.5)
+    assert answer
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    driver.save_screenshot(str(SCREENSHOT))
+    assert SCREENSHOT.stat().st_size > 10_000
+
+    # Clear History empties the chat (and the session history)
+    driver.find_element(By.CSS_SELECTOR, "button#clear-history").click()
+    _wait(driver, lambda d: _messages(d, "user") == [] and _messages(d, "bot") == [], what="an empty chat")
+    # the chat is redrawn from the session history, so after a clear only the new round shows
+    box = driver.find_element(By.CSS_SELECTOR, "#user-input textarea")
+    box.send_keys("再见")
+    driver.find_element(By.CSS_SELECTOR, "button#submit").click()
+    _wait(driver, lambda d: _messages(d, "user") == ["再见"], what="only the new question")
