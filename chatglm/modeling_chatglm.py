@@ -1,0 +1,586 @@
+"""ChatGLM-6B: the GLM decoder with 2-D rotary positions, as published beside the THUDM weights,
+rewritten for current torch and transformers.
+
+Reading order: rotary embedding -> attention -> MLP -> block -> prefix encoder (P-Tuning v2) ->
+ChatGLMModel (masks and positions) -> ChatGLMForConditionalGeneration (LM head, generate, chat).
+Tensors are batch-first, [batch, seq, hidden]; the original was sequence-first, the numbers are the same.
+"""
+
+import copy
+import math
+import re
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers.cache_utils import DynamicCache
+from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+
+from .configuration_chatglm import ChatGLMConfig
+from .quantization import quantize_model
+
+# The original builds every block with num_layers=28 whatever the config says, so the residual scale
+# is sqrt(2 * 28) for every model size. Checkpoints were trained with it.
+RESIDUAL_ALPHA = math.sqrt(2 * 28)
+MASKED_SCORE = -10000.0
+
+
+# --- rotary position embedding ---------------------------------------------------------------------
+
+
+def rotary_inv_freq(dim, device=None):
+    """Inverse frequencies of a `dim`-wide rotary table, rounded to fp16 as in the original weights."""
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
+    return inv_freq.half().float()
+
+
+def rotary_cos_sin(position_ids, dim, dtype):
+    """cos/sin of shape [batch, seq, 1, dim] for integer positions [batch, seq].
+
+    fp16 models compute the table in fp16 like the original; every other dtype in fp32.
+    """
+    table_dtype = torch.float16 if dtype == torch.float16 else torch.float32
+    inv_freq = rotary_inv_freq(dim, position_ids.device).to(table_dtype)
+    freqs = position_ids.to(table_dtype)[..., None] * inv_freq  # [batch, seq, dim/2]
+    emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [batch, seq, 1, dim]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(x, cos, sin):
+    return x * cos + rotate_half(x) * sin
+
+
+# --- attention -------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config, layer_id):
+        super().__init__()
+        self.layer_id = layer_id
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.position_encoding_2d = config.position_encoding_2d
+        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def rotate(self, x, rotary):
+        """Rotary on q or k [batch, seq, heads, head_dim]. In 2-D mode the first half of each head
+        follows the absolute positions and the second half the block positions."""
+        if not self.position_encoding_2d:
+            return apply_rotary(x, *rotary[0])
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((apply_rotary(x1, *rotary[0]), apply_rotary(x2, *rotary[1])), dim=-1)
+
+    def forward(self, hidden_states, rotary, attention_mask, prefix_key=None, prefix_value=None, cache=None,
+                output_attentions=False):
+        batch, seq, _ = hidden_states.shape
+        # The fused projection is laid out per head: [q_h | k_h | v_h] for head h.
+        qkv = self.query_key_value(hidden_states).view(batch, seq, self.num_heads, 3 * self.head_dim)
+        q, k, v = qkv.split(self.head_dim, dim=-1)  # each [batch, seq, heads, head_dim]
+        q, k = self.rotate(q, rotary), self.rotate(k, rotary)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, seq, head_dim]
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_id)
+        if prefix_key is not None:  # P-Tuning v2 keys carry no rotary; every query sees them
+            k, v = torch.cat((prefix_key, k), dim=2), torch.cat((prefix_value, v), dim=2)
+
+        if output_attentions:
+            context, probs = self.layer_scaled_attention(q, k, v, attention_mask)
+        else:
+            # Same numbers as the layer-scaled form: the scaling cancels out of the softmax.
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.head_dim**-0.5)
+            probs = None
+        context = context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
+        return self.dense(context), probs
+
+    def layer_scaled_attention(self, q, k, v, attention_mask):
+        """The original computation, kept to return attention probabilities: scores are divided by
+        (layer_id + 1) before masking (fp16 headroom) and multiplied back for an fp32 softmax."""
+        coeff = float(self.layer_id + 1)
+        scores = torch.matmul(q / (math.sqrt(self.head_dim) * coeff), k.transpose(-1, -2))
+        if attention_mask is not None:
+            scores = scores.masked_fill(~attention_mask, MASKED_SCORE)
+        probs = F.softmax(scores.float() * coeff, dim=-1).to(v.dtype)
+        return torch.matmul(probs, v), probs
+
+
+def gelu(x):
+    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
+
+
+class GLU(nn.Module):
+    """The feed-forward block (named GLU in the original, though it is a plain GELU MLP)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.inner_hidden_size)
+        self.dense_4h_to_h = nn.Linear(config.inner_hidden_size, config.hidden_size)
+
+    def forward(self, x):
+        return self.dense_4h_to_h(gelu(self.dense_h_to_4h(x)))
+
+
+class GLMBlock(GradientCheckpointingLayer):
+    """Post-LayerNorm residual: the residual adds to the LayerNorm OUTPUT scaled by alpha."""
+
+    def __init__(self, config, layer_id):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        self.attention = SelfAttention(config, layer_id)
+        self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        self.mlp = GLU(config)
+
+    def forward(self, hidden_states, rotary, attention_mask, prefix_key=None, prefix_value=None, cache=None,
+                output_attentions=False):
+        normed = self.input_layernorm(hidden_states)
+        attention_output, probs = self.attention(normed, rotary, attention_mask, prefix_key, prefix_value, cache,
+                                                 output_attentions)
+        hidden_states = normed * RESIDUAL_ALPHA + attention_output
+        normed = self.post_attention_layernorm(hidden_states)
+        return normed * RESIDUAL_ALPHA + self.mlp(normed), probs
+
+
+class PrefixEncoder(nn.Module):
+    """P-Tuning v2: trained per-layer key/value prefixes, [batch, pre_seq_len, 2 * layers * hidden]."""
+
+    def __init__(self, config):
+        super().__init__()
+        width = 2 * config.num_layers * config.hidden_size
+        self.prefix_projection = config.prefix_projection
+        if self.prefix_projection:
+            self.embedding = nn.Embedding(config.pre_seq_len, config.hidden_size)
+            self.trans = nn.Sequential(
+                nn.Linear(config.hidden_size, config.hidden_size), nn.Tanh(), nn.Linear(config.hidden_size, width)
+            )
+        else:
+            self.embedding = nn.Embedding(config.pre_seq_len, width)
+
+    def forward(self, prefix):
+        embedded = self.embedding(prefix)
+        return self.trans(embedded) if self.prefix_projection else embedded
+
+
+# --- the model -------------------------------------------------------------------------------------
+
+
+class ChatGLMPreTrainedModel(PreTrainedModel):
+    config_class = ChatGLMConfig
+    config: ChatGLMConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["GLMBlock"]
+    _supports_sdpa = True
+    # Old checkpoints store the rotary table; it is recomputed, never loaded.
+    _keys_to_ignore_on_load_unexpected = [r"rotary_emb\.inv_freq"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class ChatGLMModel(ChatGLMPreTrainedModel):
+    def __init__(self, config):
+        super().__init__(config)
+        self.pre_seq_len = config.pre_seq_len
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(GLMBlock(config, i) for i in range(config.num_layers))
+        self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
+        if config.pre_seq_len is not None:
+            # P-Tuning v2 trains the prefix only.
+            for param in self.parameters():
+                param.requires_grad = False
+            self.prefix_encoder = PrefixEncoder(config)
+            self.prefix_dropout = nn.Dropout(0.1)
+        if config.quantization_bit:
+            quantize_model(self, config.quantization_bit, empty=True)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.word_embeddings
+
+    def set_input_embeddings(self, new_embeddings):
+        self.word_embeddings = new_embeddings
+
+    # --- GLM positions and masks ---
+
+    def _special_positions(self, input_ids):
+        """Index of the first <sop> (the context length) and of the mask token, per row.
+        The model prefers [gMASK] over [MASK] (the tokenizer the other way round)."""
+        config = self.config
+        has_sop = (input_ids == config.bos_token_id).any(dim=1)
+        if not has_sop.all():
+            raise ValueError(
+                f"input has no <sop> token (id {config.bos_token_id}); ChatGLM prompts end with "
+                "[gMASK] <sop>: build the inputs with the ChatGLM tokenizer"
+            )
+        context_lengths = (input_ids == config.bos_token_id).int().argmax(dim=1)
+        use_gmask = (input_ids == config.gmask_token_id).any(dim=1, keepdim=True)
+        mask_ids = torch.where(use_gmask, config.gmask_token_id, config.mask_token_id)
+        is_mask = input_ids == mask_ids
+        if not is_mask.any(dim=1).all():
+            raise ValueError(
+                f"input has no [gMASK] (id {config.gmask_token_id}) or [MASK] (id {config.mask_token_id}) "
+                "token; build the inputs with the ChatGLM tokenizer"
+            )
+        return context_lengths, is_mask.int().argmax(dim=1)
+
+    def get_position_ids(self, input_ids, padding_mask=None):
+        """Positions [batch, 2, seq] (or [batch, seq] without 2-D encoding) of a prompt.
+
+        Absolute row: 0, 1, ... over the context, then the mask position from <sop> on.
+        Block row: 0 over the context, then 1, 2, ... from <sop> on. With a left-padding mask the
+        positions start after the padding (which gets 0); without one, padding counts as context.
+        """
+        batch, seq = input_ids.shape
+        context_lengths, mask_positions = self._special_positions(input_ids)
+        index = torch.arange(seq, device=input_ids.device).expand(batch, seq)
+        pads = torch.zeros_like(context_lengths)
+        if padding_mask is not None:
+            pads = (padding_mask[:, -seq:] == 0).sum(dim=1)
+        after_context = index >= context_lengths[:, None]
+        absolute = torch.where(after_context, (mask_positions - pads)[:, None], (index - pads[:, None]).clamp(min=0))
+        if not self.config.position_encoding_2d:
+            return absolute
+        block = torch.where(after_context, index - context_lengths[:, None] + 1, 0)
+        return torch.stack((absolute, block), dim=1)
+
+    def get_attention_mask(self, input_ids, past_length, padding_mask, prefix_length):
+        """Boolean mask [batch, 1, query, key], True = may attend, or None when nothing is masked.
+
+        Everything before <sop> attends bidirectionally; from <sop> on it is causal. Padding keys
+        are hidden; padding queries see everything (their outputs are never used, and a fully
+        masked row would be NaN).
+        """
+        batch, seq = input_ids.shape
+        device = input_ids.device
+        query = torch.arange(past_length, past_length + seq, device=device)[:, None]
+        key = torch.arange(past_length + seq, device=device)[None, :]
+        allowed = (key <= query).expand(batch, seq, past_length + seq)
+        if past_length == 0:
+            context_lengths, _ = self._special_positions(input_ids)
+            allowed = allowed | (key < context_lengths[:, None, None])
+        if padding_mask is not None:
+            padding_mask = padding_mask[:, -(past_length + seq) :].bool()
+            allowed = (allowed & padding_mask[:, None, :]) | ~padding_mask[:, -seq:, None]
+        if prefix_length:
+            allowed = torch.cat((allowed.new_ones(batch, seq, prefix_length), allowed), dim=-1)
+        if bool(allowed.all()):
+            return None
+        return allowed[:, None]
+
+    def get_prompt(self, batch_size, device, dtype):
+        """The P-Tuning prefix: keys of layer i at [2i], values at [2i + 1], each [batch, heads, pre_seq_len, head_dim].
+
+        Kept out of the KV cache so that gradient checkpointing (which drops caches) still sees it."""
+        config = self.config
+        prefix = torch.arange(self.pre_seq_len, device=device).expand(batch_size, -1)
+        past = self.prefix_encoder(prefix).to(dtype)
+        head_dim = config.hidden_size // config.num_attention_heads
+        past = past.view(batch_size, self.pre_seq_len, 2 * config.num_layers, config.num_attention_heads, head_dim)
+        return self.prefix_dropout(past).permute(2, 0, 3, 1, 4)  # [2 * layers, batch, heads, pre_seq_len, head_dim]
+
+    def forward(
+        self,
+        input_ids,
+        position_ids=None,
+        attention_mask=None,
+        cache=None,
+        use_cache=None,
+        output_attentions=False,
+        output_hidden_states=False,
+        return_dict=True,
+        past_key_values=None,
+        **kwargs,
+    ):
+        """`attention_mask` is the standard 2-D padding mask (1 = token, 0 = padding, covering the
+        cached tokens too); the GLM mask is built from the ids. A 4-D boolean mask in the original's
+        convention (True = blocked) is accepted as well."""
+        cache = cache if cache is not None else past_key_values
+        use_cache = use_cache if use_cache is not None else self.config.use_cache
+        hidden_states = self.word_embeddings(input_ids)
+        batch, seq = input_ids.shape
+
+        prefix_length = self.pre_seq_len or 0
+        prefix = self.get_prompt(batch, input_ids.device, hidden_states.dtype) if prefix_length else None
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        past_length = cache.get_seq_length() if cache is not None else 0
+
+        if attention_mask is not None and attention_mask.dim() == 4:
+            mask = ~attention_mask.bool()
+            if prefix_length:
+                mask = torch.cat((mask.new_ones(*mask.shape[:3], prefix_length), mask), dim=-1)
+        else:
+            mask = self.get_attention_mask(input_ids, past_length, attention_mask, prefix_length)
+            attention_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
+
+        if position_ids is None:
+            if past_length:
+                raise ValueError("position_ids are required when decoding with a cache")
+            position_ids = self.get_position_ids(input_ids, attention_mask)
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        dtype = hidden_states.dtype
+        if self.config.position_encoding_2d:
+            rotary = (rotary_cos_sin(position_ids[:, 0], head_dim // 2, dtype),
+                      rotary_cos_sin(position_ids[:, 1], head_dim // 2, dtype))
+        else:
+            rotary = (rotary_cos_sin(position_ids, head_dim, dtype),)
+
+        all_hidden_states = () if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for i, layer in enumerate(self.layers):
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            prefix_key, prefix_value = (prefix[2 * i], prefix[2 * i + 1]) if prefix is not None else (None, None)
+            hidden_states, probs = layer(hidden_states, rotary, mask, prefix_key, prefix_value,
+                                         cache=cache if use_cache else None, output_attentions=output_attentions)
+            if output_attentions:
+                all_attentions += (probs,)
+        hidden_states = self.final_layernorm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+
+        return BaseModelOutputWithPast(
+            last_hidden_state=hidden_states,
+            cache=cache if use_cache else None,
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+
+
+class InvalidScoreLogitsProcessor(LogitsProcessor):
+    """If any score is NaN or inf, replace all scores so that token 5 is chosen (as the original)."""
+
+    def __call__(self, input_ids, scores):
+        if torch.isnan(scores).any() or torch.isinf(scores).any():
+            scores.zero_()
+            scores[..., 5] = 5e4
+        return scores
+
+
+def process_response(response):
+    """Clean a decoded answer like the original: strip, fill the training-date placeholder, and make
+    `, ! : ; ?` next to a CJK character full-width."""
+    response = response.strip().replace("[[训练时间]]", "2023年")
+    for half, full in ((",", "，"), ("!", "！"), (":", "："), (";", "；"), ("?", "？")):
+        mark = re.escape(half)
+        response = re.sub(rf"([\u4e00-\u9fff]){mark}", rf"\1{full}", response)
+        response = re.sub(rf"{mark}([\u4e00-\u9fff])", rf"{full}\1", response)
+    return response
+
+
+def build_prompt(query, history):
+    """The chat prompt: the bare query, or `[Round i]\\n问：q\\n答：a\\n` per past round first."""
+    if not history:
+        return query
+    prompt = "".join(f"[Round {i}]\n问：{q}\n答：{a}\n" for i, (q, a) in enumerate(history))
+    return prompt + f"[Round {len(history)}]\n问：{query}\n答："
+
+
+class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
+    # The original ties the LM head to the embeddings; a checkpoint's own lm_head.weight is ignored.
+    _tied_weights_keys = {"lm_head.weight": "transformer.word_embeddings.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.transformer = ChatGLMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if self.generation_config.top_k is None:
+            self.generation_config.top_k = 50  # the original's transformers default
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def forward(
+        self,
+        input_ids,
+        position_ids=None,
+        attention_mask=None,
+        cache=None,
+        labels=None,
+        use_cache=None,
+        output_attentions=False,
+        output_hidden_states=False,
+        return_dict=True,
+        past_key_values=None,
+        **kwargs,
+    ):
+        outputs = self.transformer(
+            input_ids,
+            position_ids=position_ids,
+            attention_mask=attention_mask,
+            cache=cache if cache is not None else past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            shift_logits = logits[:, :-1].float()
+            shift_labels = labels[:, 1:].to(logits.device)
+            loss = F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
+                                   ignore_index=-100).to(logits.dtype)
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
+
+    # --- generate() integration ---
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        return self.transformer.get_position_ids(inputs_tensor, model_kwargs.get("attention_mask"))
+
+    def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
+        # GLM positions are [batch, 2, seq]; the generic code takes 3-D positions as [n, batch, seq].
+        position_ids = model_kwargs.pop("position_ids", None)
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size, is_encoder_decoder, input_ids, **model_kwargs
+        )
+        if position_ids is not None:
+            model_kwargs["position_ids"] = position_ids.repeat_interleave(expand_size, dim=0)
+        return input_ids, model_kwargs
+
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
+        model_kwargs = super()._update_model_kwargs_for_generation(
+            outputs, model_kwargs, is_encoder_decoder, num_new_tokens
+        )
+        # Generated tokens keep the mask position as their absolute position; only the block
+        # position advances.
+        position_ids = model_kwargs.get("position_ids")
+        if position_ids is not None:
+            absolute = position_ids[:, 0] if position_ids.dim() == 3 else position_ids
+            absolute[:, -num_new_tokens:] = absolute[:, -num_new_tokens - 1 : -num_new_tokens]
+        return model_kwargs
+
+    @staticmethod
+    def next_position_ids(position_ids):
+        """Positions of the token that follows `position_ids` [batch, 2, seq] (or [batch, seq])."""
+        last = position_ids[..., -1:].clone()
+        if last.dim() == 3:
+            last[:, 1] += 1
+        return last
+
+    def quantize(self, bits, empty=False, **kwargs):
+        """Weight-only INT8/INT4 quantization of the four Linear layers of every block, in place
+        (REFERENCE: one fp16 scale per output row). Works on CPU and GPU. Returns the model."""
+        if bits == 0:
+            return self
+        quantize_model(self.transformer, bits, empty=empty)
+        self.config.quantization_bit = bits
+        return self
+
+    # --- chat ---
+
+    def _chat_inputs(self, tokenizer, query, history, max_length):
+        """Tokenized prompt; the oldest rounds of history are dropped while the prompt would leave
+        no room to answer within max_length."""
+        history = list(history or [])
+        while True:
+            prompt = build_prompt(query, history)
+            inputs = tokenizer([prompt], return_tensors="pt")
+            if inputs["input_ids"].shape[1] < max_length or not history:
+                break
+            history = history[1:]
+        length = inputs["input_ids"].shape[1]
+        if length >= max_length:
+            raise ValueError(
+                f"the question alone is {length} tokens, which leaves no room to answer within "
+                f"max_length={max_length}: raise max_length or shorten the question"
+            )
+        return inputs.to(self.device)
+
+    def _generation_kwargs(self, max_length, do_sample, top_p, temperature, logits_processor, kwargs):
+        processors = LogitsProcessorList(logits_processor or [])
+        processors.append(InvalidScoreLogitsProcessor())
+        sampling = {"top_p": top_p, "temperature": temperature} if do_sample else {}
+        return {"max_length": max_length, "do_sample": do_sample, "logits_processor": processors, **sampling, **kwargs}
+
+    @torch.inference_mode()
+    def chat(self, tokenizer, query, history=None, max_length=2048, num_beams=1, do_sample=True, top_p=0.7,
+             temperature=0.95, logits_processor=None, **kwargs):
+        """Answer `query` given `history` [(question, answer), ...]; returns (response, new history).
+
+        When the prompt with the whole history would not fit `max_length`, the oldest rounds are
+        left out of the prompt (they stay in the returned history).
+        """
+        history = list(history or [])
+        inputs = self._chat_inputs(tokenizer, query, history, max_length)
+        gen_kwargs = self._generation_kwargs(max_length, do_sample, top_p, temperature, logits_processor, kwargs)
+        outputs = self.generate(**inputs, num_beams=num_beams, **gen_kwargs)
+        response = process_response(tokenizer.decode(outputs[0, inputs["input_ids"].shape[1] :].tolist()))
+        return response, history + [(query, response)]
+
+    @torch.inference_mode()
+    def stream_chat(self, tokenizer, query, history=None, max_length=2048, do_sample=True, top_p=0.7,
+                    temperature=0.95, logits_processor=None, **kwargs):
+        """Like `chat`, yielding (partial response, new history) after every token, the last one
+        included. Closing the generator stops generation."""
+        history = list(history or [])
+        inputs = self._chat_inputs(tokenizer, query, history, max_length)
+        gen_kwargs = self._generation_kwargs(max_length, do_sample, top_p, temperature, logits_processor, kwargs)
+        prompt_length = inputs["input_ids"].shape[1]
+        for ids in self.stream_generate(**inputs, **gen_kwargs):
+            response = process_response(tokenizer.decode(ids[0, prompt_length:].tolist()))
+            yield response, history + [(query, response)]
+
+    @torch.inference_mode()
+    def stream_generate(self, input_ids, attention_mask=None, position_ids=None, generation_config=None,
+                        logits_processor=None, stopping_criteria=None, **kwargs):
+        """Greedy or sampled decoding that yields the whole sequence [batch, seq] after every new token."""
+        config = copy.deepcopy(generation_config or self.generation_config)
+        config.update(**kwargs)
+        eos_ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+        processors = self._get_logits_processor(
+            generation_config=config,
+            input_ids_seq_length=input_ids.shape[1],
+            encoder_input_ids=input_ids,
+            prefix_allowed_tokens_fn=None,
+            logits_processor=LogitsProcessorList(logits_processor or []),
+        )
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if position_ids is None:
+            position_ids = self.transformer.get_position_ids(input_ids, attention_mask)
+        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        step_ids, step_positions, cache = input_ids, position_ids, None
+        while input_ids.shape[1] < config.max_length:
+            outputs = self(step_ids, position_ids=step_positions, attention_mask=attention_mask, cache=cache,
+                           use_cache=True)
+            cache = outputs.cache
+            scores = processors(input_ids, outputs.logits[:, -1, :].float())
+            if config.do_sample:
+                next_tokens = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                next_tokens = scores.argmax(dim=-1)
+            next_tokens = torch.where(finished, config.pad_token_id, next_tokens)
+            input_ids = torch.cat((input_ids, next_tokens[:, None]), dim=-1)
+            attention_mask = torch.cat((attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)), dim=-1)
+            step_ids, step_positions = next_tokens[:, None], self.next_position_ids(step_positions)
+            finished |= torch.isin(next_tokens, torch.tensor(eos_ids, device=next_tokens.device))
+            yield input_ids
+            if finished.all() or (stopping_criteria is not None and stopping_criteria(input_ids, scores).all()):
+                break
