@@ -156,7 +156,7 @@ def write(path, lines):
         (['{"content": "a", "summary": "b"}', '{"content": "a", "summary": '], 2, "invalid JSON"),
         (['{"content": "a", "summary": "b"}', '', '{"content": "a"}'], 3, 'missing column "summary"'),
         (['{"content": 5, "summary": "b"}'], 1, 'column "content" must be a string'),
-        (['["content", "summary"]'], 1, "expected a JSON object"),
+        (['{"content": "a", "summary": "b"}', '"just text"'], 2, "expected a JSON object"),
     ],
 )
 def test_bad_json_lines(tmp_path, lines, line_no, words):

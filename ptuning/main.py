@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Fine-tune ChatGLM-6B with P-Tuning v2 (--pre_seq_len) or fully, evaluate and predict.
+
+    python3 ptuning/main.py --do_train --train_file AdvertiseGen/train.json --prompt_column content \\
+        --response_column summary --model_name_or_path THUDM/chatglm-6b --output_dir output/x \\
+        --pre_seq_len 128 --max_steps 3000 ...
+    python3 ptuning/main.py config.json          # all arguments from one JSON file
+
+Arguments: ModelArguments and DataTrainingArguments (ptuning/arguments.py) plus transformers'
+Seq2SeqTrainingArguments. See ptuning/README.md and the *.sh scripts next to this file.
+"""
+
+import json
+import logging
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _path in (HERE, ROOT):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import datasets  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed  # noqa: E402
+
+from arguments import DataTrainingArguments, ModelArguments  # noqa: E402
+from data_utils import ChatGLMCollator, DataFileError, make_preprocessors, print_dataset_example, read_data_file  # noqa: E402
+from metrics import decode_ids, make_compute_metrics  # noqa: E402
+from prefix import PrefixCheckpointError, load_for_ptuning  # noqa: E402
+from trainer_seq2seq import Seq2SeqTrainer  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+# Flags of older transformers that the original scripts pass: translated or accepted without effect.
+RENAMED_FLAGS = {"--no_cuda": "--use_cpu", "--evaluation_strategy": "--eval_strategy"}
+DROPPED_FLAGS = {"--overwrite_output_dir"}  # transformers 5 always writes into output_dir
+
+
+def _compat_argv(argv):
+    out = []
+    for arg in argv:
+        name, eq, value = arg.partition("=")
+        if name in DROPPED_FLAGS:
+            if eq and value.lower() not in ("true", "1", "yes"):
+                continue
+            continue
+        if name in RENAMED_FLAGS:
+            arg = RENAMED_FLAGS[name] + (eq + value if eq else "")
+        out.append(arg)
+    return out
+
+
+def parse_args(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        with open(argv[0], encoding="utf-8") as f:
+            raw = json.load(f)
+        for flag in DROPPED_FLAGS:
+            raw.pop(flag[2:], None)
+        if "no_cuda" in raw:
+            raw["use_cpu"] = raw.pop("no_cuda")
+        return parser.parse_dict(raw)
+    return parser.parse_args_into_dataclasses(args=_compat_argv(argv))
+
+
+def _fail(message):
+    logger.error(message)
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def load_raw_datasets(data_args, model_args, training_args):
+    """{"train"/"validation"/"test": datasets.Dataset} after checking every row of the data files."""
+    columns = (data_args.prompt_column, data_args.response_column, data_args.history_column)
+    if data_args.prompt_column is None or data_args.response_column is None:
+        _fail("--prompt_column and --response_column are required (AdvertiseGen: content / summary)")
+    wanted = {}
+    if training_args.do_train:
+        wanted["train"] = data_args.train_file
+    if training_args.do_eval:
+        wanted["validation"] = data_args.validation_file
+    if training_args.do_predict:
+        wanted["test"] = data_args.test_file
+    raw = {}
+    if data_args.dataset_name is not None:
+        hub = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+        for split in wanted:
+            if split not in hub:
+                _fail(f"--dataset_name {data_args.dataset_name} has no '{split}' split (it has {', '.join(hub)})")
+            missing = [c for c in columns if c is not None and c not in hub[split].column_names]
+            if missing:
+                _fail(f"--dataset_name {data_args.dataset_name} [{split}]: missing column(s) {', '.join(missing)}")
+            raw[split] = hub[split]
+        return raw
+    for split, path in wanted.items():
+        if path is None:
+            flag = {"train": "--train_file (for --do_train)", "validation": "--validation_file (for --do_eval)",
+                    "test": "--test_file (for --do_predict)"}[split]
+            _fail(f"missing {flag}")
+        try:
+            rows = read_data_file(path, *columns)
+        except DataFileError as e:
+            _fail(str(e))
+        raw[split] = datasets.Dataset.from_list(rows)
+    return raw
+
+
+def main(argv=None):
+    model_args, data_args, training_args = parse_args(argv)
+
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+                        datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    for name in ("prefix", "data_utils"):
+        logging.getLogger(name).setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.enable_default_handler()
+    transformers.utils.logging.enable_explicit_format()
+    logger.warning(f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
+                   f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value == 'distributed'}, "
+                   f"fp16: {training_args.fp16}")
+    logger.info(f"Training/evaluation parameters {training_args}")
+
+    set_seed(training_args.seed)
+
+    # ---- data (checked before the model is loaded: a broken file fails in seconds) ----
+    raw = load_raw_datasets(data_args, model_args, training_args)
+
+    # ---- model ----
+    on_cuda = training_args.device.type == "cuda"
+    try:
+        config, tokenizer, model = load_for_ptuning(
+            model_args, dtype=torch.float32, cache_dir=model_args.cache_dir,
+            token=True if model_args.use_auth_token else None, revision=model_args.model_revision)
+    except PrefixCheckpointError as e:
+        _fail(str(e))
+    if model_args.pre_seq_len is not None:
+        if on_cuda:
+            # as the original: half precision, the trainable prefix encoder in fp32
+            model = model.half()
+            model.transformer.prefix_encoder.float()
+        else:
+            model = model.float()  # on CPU fp16 training is not sensible: keep fp32
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        frozen_leaks = [n for n in trainable if not n.startswith("transformer.prefix_encoder.")]
+        if frozen_leaks:
+            logger.warning("P-Tuning: freezing parameters outside the prefix encoder: %s", ", ".join(frozen_leaks[:5]))
+            for n, p in model.named_parameters():
+                p.requires_grad_(n.startswith("transformer.prefix_encoder."))
+    else:
+        model = model.float()
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    logger.info("Trainable parameters: %d of %d (%.4f%%)", n_train, n_all, 100.0 * n_train / max(n_all, 1))
+
+    # ---- preprocessing ----
+    train_fn, eval_fn = make_preprocessors(tokenizer, data_args)
+    train_dataset = eval_dataset = predict_dataset = None
+    eval_style_fn = eval_fn if training_args.predict_with_generate else train_fn
+    if training_args.do_train:
+        train_dataset = raw["train"]
+        if data_args.max_train_samples is not None:
+            train_dataset = train_dataset.select(range(min(len(train_dataset), data_args.max_train_samples)))
+        with training_args.main_process_first(desc="train dataset map pre-processing"):
+            train_dataset = train_dataset.map(train_fn, batched=True, num_proc=data_args.preprocessing_num_workers,
+                                              remove_columns=train_dataset.column_names,
+                                              load_from_cache_file=not data_args.overwrite_cache,
+                                              desc="Running tokenizer on train dataset")
+        if len(train_dataset) == 0:
+            _fail(f"{data_args.train_file}: no usable training rows (every prompt or answer is empty)")
+        print_dataset_example(tokenizer, train_dataset[0])
+    if training_args.do_eval:
+        eval_dataset = raw["validation"]
+        if data_args.max_eval_samples is not None:
+            eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
+        with training_args.main_process_first(desc="validation dataset map pre-processing"):
+            eval_dataset = eval_dataset.map(eval_style_fn, batched=True, num_proc=data_args.preprocessing_num_workers,
+                                            remove_columns=eval_dataset.column_names,
+                                            load_from_cache_file=not data_args.overwrite_cache,
+                                            desc="Running tokenizer on validation dataset")
+        print_dataset_example(tokenizer, eval_dataset[0])
+    if training_args.do_predict:
+        predict_dataset = raw["test"]
+        if data_args.max_predict_samples is not None:
+            predict_dataset = predict_dataset.select(range(min(len(predict_dataset), data_args.max_predict_samples)))
+        with training_args.main_process_first(desc="prediction dataset map pre-processing"):
+            predict_dataset = predict_dataset.map(eval_style_fn, batched=True, num_proc=data_args.preprocessing_num_workers,
+                                                  remove_columns=predict_dataset.column_names,
+                                                  load_from_cache_file=not data_args.overwrite_cache,
+                                                  desc="Running tokenizer on prediction dataset")
+        print_dataset_example(tokenizer, predict_dataset[0])
+
+    label_pad = -100 if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id
+    collator = ChatGLMCollator(tokenizer, label_pad_token_id=label_pad)
+
+    # Generation settings of the original: sampling, top_p 0.7, temperature 0.95,
+    # max_length = max_source_length + max_target_length + 1 (prompt included).
+    max_seq_length = data_args.max_source_length + data_args.max_target_length + 1
+    gen_kwargs = {"do_sample": True, "top_p": 0.7, "temperature": 0.95, "max_length": max_seq_length}
+    training_args.generation_max_length = (training_args.generation_max_length
+                                           if training_args.generation_max_length is not None
+                                           else data_args.val_max_target_length)
+    training_args.generation_num_beams = (data_args.num_beams if data_args.num_beams is not None
+                                          else training_args.generation_num_beams)
+    if training_args.generation_num_beams:
+        gen_kwargs["num_beams"] = training_args.generation_num_beams
+
+    if training_args.do_train:
+        model.gradient_checkpointing_enable()
+        try:
+            model.enable_input_require_grads()
+        except (AttributeError, NotImplementedError):
+            pass
+
+    trainer = Seq2SeqTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+        data_collator=collator,
+        compute_metrics=make_compute_metrics(tokenizer) if training_args.predict_with_generate else None,
+        save_prefixencoder=model_args.pre_seq_len is not None,
+        gen_kwargs=gen_kwargs,
+    )
+
+    # ---- train ----
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        metrics = train_result.metrics
+        n = data_args.max_train_samples if data_args.max_train_samples is not None else len(train_dataset)
+        metrics["train_samples"] = min(n, len(train_dataset))
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+
+    # ---- evaluate ----
+    results = {}
+    if training_args.do_eval:
+        logger.info("*** Evaluate ***")
+        metrics = trainer.evaluate(metric_key_prefix="eval", **gen_kwargs)
+        n = data_args.max_eval_samples if data_args.max_eval_samples is not None else len(eval_dataset)
+        metrics["eval_samples"] = min(n, len(eval_dataset))
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results.update(metrics)
+
+    # ---- predict ----
+    if training_args.do_predict:
+        logger.info("*** Predict ***")
+        output = trainer.predict(predict_dataset, metric_key_prefix="predict", **gen_kwargs)
+        metrics = output.metrics
+        n = data_args.max_predict_samples if data_args.max_predict_samples is not None else len(predict_dataset)
+        metrics["predict_samples"] = min(n, len(predict_dataset))
+        trainer.log_metrics("predict", metrics)
+        trainer.save_metrics("predict", metrics)
+        results.update(metrics)
+        if trainer.is_world_process_zero() and training_args.predict_with_generate:
+            predictions = decode_ids(tokenizer, output.predictions)
+            labels = decode_ids(tokenizer, output.label_ids)
+            os.makedirs(training_args.output_dir, exist_ok=True)
+            path = os.path.join(training_args.output_dir, "generated_predictions.txt")
+            with open(path, "w", encoding="utf-8") as f:
+                for p, l in zip(predictions, labels):
+                    f.write(json.dumps({"labels": l, "predict": p}, ensure_ascii=False) + "\n")
+            logger.info("Predictions written to %s", path)
+    return results
+
+
+if __name__ == "__main__":
+    main()
