@@ -1,0 +1,268 @@
+"""ptuning/main.py end to end on a small model: P-Tuning v2, chat data, INT8, resume, full fine-tuning,
+torchrun with two CPU processes, checkpoint errors, the shell scripts.
+
+Every run is tiny (a few steps, short sequences, a handful of rows) so the whole file takes a minute or two
+on CPU.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import unicodedata
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PTUNING = REPO_ROOT / "ptuning"
+ADGEN = PTUNING / "data" / "AdvertiseGen_sample"
+CHAT = PTUNING / "data" / "chat_sample"
+sys.path.insert(0, str(PTUNING))
+
+# The model the runs use: the bundled demo checkpoint when it is there, else conftest's random tiny model.
+# Set to False to always use the tiny stand-in.
+PREFER_DEMO_CHECKPOINT = True
+
+SHORT = ["--max_source_length", "32", "--max_target_length", "16", "--use_cpu", "--report_to", "none",
+         "--logging_steps", "1", "--seed", "0", "--dataloader_num_workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def base_model(request):
+    import chatglm
+
+    if PREFER_DEMO_CHECKPOINT and (Path(chatglm.DEMO_MODEL_PATH) / "config.json").is_file():
+        return chatglm.DEMO_MODEL_PATH
+    return request.getfixturevalue("tiny_checkpoint")
+
+
+def run_main(args):
+    import main as ptuning_main
+
+    return ptuning_main.main([str(a) for a in args])
+
+
+def adgen_args(model, out, *extra):
+    return ["--model_name_or_path", model, "--output_dir", out, "--train_file", ADGEN / "train.json",
+            "--validation_file", ADGEN / "dev.json", "--test_file", ADGEN / "dev.json", "--prompt_column", "content",
+            "--response_column", "summary", *SHORT, *extra]
+
+
+def load_bin(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def ptuned(base_model, tmp_path_factory):
+    """One P-Tuning v2 run (4 steps, checkpoints at 2 and 4) with evaluation and prediction."""
+    out = tmp_path_factory.mktemp("pt") / "run"
+    results = run_main(adgen_args(base_model, out, "--do_train", "--do_eval", "--do_predict", "--pre_seq_len", "4",
+                                  "--max_steps", "4", "--save_steps", "2", "--per_device_train_batch_size", "2",
+                                  "--per_device_eval_batch_size", "2", "--learning_rate", "2e-2",
+                                  "--max_train_samples", "16", "--max_eval_samples", "4", "--max_predict_samples", "5",
+                                  "--predict_with_generate"))
+    return out, results
+
+
+def test_ptuning_checkpoint_holds_only_prefix(ptuned, base_model):
+    out, _ = ptuned
+    for step in (2, 4):
+        ck = out / f"checkpoint-{step}"
+        state = load_bin(ck / "pytorch_model.bin")
+        assert list(state) == ["transformer.prefix_encoder.embedding.weight"], list(state)
+        assert state["transformer.prefix_encoder.embedding.weight"].shape[0] == 4
+        assert state["transformer.prefix_encoder.embedding.weight"].dtype == torch.float32
+        assert not (ck / "model.safetensors").exists()
+        assert read_json(ck / "config.json")["pre_seq_len"] == 4
+        # only the prefix encoder was optimised
+        opt = torch.load(ck / "optimizer.pt", map_location="cpu", weights_only=False)
+        assert len(opt["state"]) == 1
+        assert (ck / "trainer_state.json").is_file()
+        base_size = sum(f.stat().st_size for f in Path(base_model).glob("*.safetensors")) or 1
+        assert (ck / "pytorch_model.bin").stat().st_size < base_size
+    # the prefix changed between the two checkpoints (it trains)
+    a = load_bin(out / "checkpoint-2" / "pytorch_model.bin")["transformer.prefix_encoder.embedding.weight"]
+    b = load_bin(out / "checkpoint-4" / "pytorch_model.bin")["transformer.prefix_encoder.embedding.weight"]
+    assert not torch.equal(a, b)
+
+
+def test_ptuning_eval_predict_outputs(ptuned):
+    out, results = ptuned
+    for prefix, n in (("eval", 4), ("predict", 5)):
+        metrics = read_json(out / f"{prefix}_results.json")
+        for key in ("rouge-1", "rouge-2", "rouge-l", "bleu-4"):
+            assert 0.0 <= metrics[f"{prefix}_{key}"] <= 100.0
+        assert metrics[f"{prefix}_samples"] == n
+    assert (out / "all_results.json").is_file() and (out / "train_results.json").is_file()
+    lines = (out / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 5
+    dev = [json.loads(l) for l in (ADGEN / "dev.json").read_text(encoding="utf-8").splitlines()][:5]
+    for line, row in zip(lines, dev):
+        item = json.loads(line)
+        assert set(item) == {"labels", "predict"}
+        assert isinstance(item["predict"], str)
+        # labels are the decoded label ids: NFKC-normalised by the tokenizer, cut to max_target_length
+        label = item["labels"].rstrip("\ufffd")  # a cut may split a byte-fallback character
+        assert label and unicodedata.normalize("NFKC", row["summary"]).startswith(label)
+    assert "这款" in lines[0] or "这条" in lines[0] or "这件" in lines[0]  # ensure_ascii=False: Chinese kept as is
+
+
+def test_ptuning_checkpoint_loads_back(ptuned, base_model):
+    from types import SimpleNamespace
+
+    import prefix
+
+    out, _ = ptuned
+    ck = out / "checkpoint-4"
+    saved = load_bin(ck / "pytorch_model.bin")["transformer.prefix_encoder.embedding.weight"]
+    args = SimpleNamespace(model_name_or_path=base_model, ptuning_checkpoint=str(ck), pre_seq_len=None,
+                           prefix_projection=False, quantization_bit=None, config_name=None, tokenizer_name=None)
+    _, _, model = prefix.load_for_ptuning(args)
+    assert args.pre_seq_len == 4  # taken from the checkpoint
+    assert torch.equal(model.transformer.prefix_encoder.embedding.weight.detach(), saved)
+    # keys without the transformer.prefix_encoder. prefix, stored as safetensors, are accepted too
+    from safetensors.torch import save_file
+
+    alt = out / "alt"
+    alt.mkdir()
+    save_file({"embedding.weight": saved.clone()}, str(alt / "model.safetensors"))
+    model2 = prefix.load_prefix_checkpoint(model, str(alt))
+    assert torch.equal(model2.transformer.prefix_encoder.embedding.weight.detach(), saved)
+
+
+def test_ptuning_predict_with_checkpoint_and_errors(ptuned, base_model, tmp_path, capsys):
+    out, _ = ptuned
+    ck = out / "checkpoint-4"
+    pred = tmp_path / "pred"
+    run_main(adgen_args(base_model, pred, "--do_predict", "--ptuning_checkpoint", ck, "--pre_seq_len", "4",
+                        "--max_predict_samples", "2", "--per_device_eval_batch_size", "2", "--predict_with_generate"))
+    assert len((pred / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 2
+
+    with pytest.raises(SystemExit):
+        run_main(adgen_args(base_model, tmp_path / "x", "--do_predict", "--ptuning_checkpoint", ck, "--pre_seq_len", "8",
+                            "--predict_with_generate"))
+    assert "trained with pre_seq_len=4, but --pre_seq_len is 8" in capsys.readouterr().err
+
+    with pytest.raises(SystemExit):
+        run_main(adgen_args(base_model, tmp_path / "y", "--do_predict", "--ptuning_checkpoint", base_model,
+                            "--pre_seq_len", "4", "--predict_with_generate"))
+    assert "holds no P-Tuning prefix weights" in capsys.readouterr().err
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SystemExit):
+        run_main(adgen_args(base_model, tmp_path / "z", "--do_predict", "--ptuning_checkpoint", empty,
+                            "--pre_seq_len", "4", "--predict_with_generate"))
+    assert "no weights file there" in capsys.readouterr().err
+
+
+def test_chat_training_with_history(base_model, tmp_path):
+    out = tmp_path / "chat"
+    run_main(["--model_name_or_path", base_model, "--output_dir", out, "--do_train", "--do_eval",
+              "--train_file", CHAT / "train.json", "--validation_file", CHAT / "dev.json",
+              "--prompt_column", "prompt", "--response_column", "response", "--history_column", "history",
+              "--pre_seq_len", "4", "--max_steps", "2", "--per_device_train_batch_size", "2",
+              "--max_train_samples", "8", "--max_eval_samples", "2", "--predict_with_generate",
+              "--learning_rate", "1e-2", *SHORT, "--max_source_length", "64", "--max_target_length", "16"])
+    state = load_bin(out / "checkpoint-2" / "pytorch_model.bin")
+    assert list(state) == ["transformer.prefix_encoder.embedding.weight"]
+    assert "eval_rouge-l" in read_json(out / "eval_results.json")
+
+
+def test_int8_prefix_projection_training(base_model, tmp_path):
+    out = tmp_path / "int8"
+    run_main(adgen_args(base_model, out, "--do_train", "--pre_seq_len", "4", "--prefix_projection",
+                        "--quantization_bit", "8", "--max_steps", "2", "--per_device_train_batch_size", "2",
+                        "--max_train_samples", "8"))
+    state = load_bin(out / "checkpoint-2" / "pytorch_model.bin")
+    assert state and all(k.startswith("transformer.prefix_encoder.") for k in state)
+    assert "transformer.prefix_encoder.trans.0.weight" in state and "transformer.prefix_encoder.trans.2.weight" in state
+    logs = read_json(out / "checkpoint-2" / "trainer_state.json")["log_history"]
+    losses = [l["loss"] for l in logs if "loss" in l]
+    assert losses and all(l == l and l < 1e4 for l in losses)
+
+
+def test_resume_from_checkpoint(base_model, tmp_path):
+    out = tmp_path / "resume"
+    common = ["--do_train", "--pre_seq_len", "4", "--save_steps", "2", "--per_device_train_batch_size", "2",
+              "--max_train_samples", "16", "--learning_rate", "2e-2"]
+    run_main(adgen_args(base_model, out, *common, "--max_steps", "2"))
+    first = load_bin(out / "checkpoint-2" / "pytorch_model.bin")
+    run_main(adgen_args(base_model, out, *common, "--max_steps", "4", "--resume_from_checkpoint", out / "checkpoint-2"))
+    state = read_json(out / "checkpoint-4" / "trainer_state.json")
+    assert state["global_step"] == 4
+    steps = [l["step"] for l in state["log_history"] if "loss" in l]
+    assert steps == [1, 2, 3, 4]  # history of the first run carried over, not restarted
+    again = load_bin(out / "checkpoint-2" / "pytorch_model.bin")
+    assert torch.equal(first["transformer.prefix_encoder.embedding.weight"], again["transformer.prefix_encoder.embedding.weight"])
+
+
+def test_full_finetune_then_predict(base_model, tmp_path, capsys):
+    out = tmp_path / "ft"
+    run_main(adgen_args(base_model, out, "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "2",
+                        "--max_train_samples", "8", "--learning_rate", "1e-4"))
+    ck = out / "checkpoint-2"
+    from safetensors.torch import load_file
+
+    state = load_file(str(ck / "model.safetensors"))
+    assert any(k.startswith("transformer.layers.0.") for k in state)
+    assert not any("prefix_encoder" in k for k in state)
+    base = load_file(str(next(Path(base_model).glob("*.safetensors"))))
+    key = "transformer.layers.0.mlp.dense_h_to_4h.weight"
+    assert not torch.equal(state[key].float(), base[key].float())  # the base weights trained
+    pred = tmp_path / "ft-pred"
+    run_main(adgen_args(str(ck), pred, "--do_predict", "--max_predict_samples", "2", "--predict_with_generate"))
+    assert len((pred / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 2
+    # a full fine-tuning checkpoint is not a P-Tuning checkpoint
+    with pytest.raises(SystemExit):
+        run_main(adgen_args(base_model, tmp_path / "bad", "--do_predict", "--ptuning_checkpoint", ck,
+                            "--predict_with_generate"))
+    assert "holds no P-Tuning prefix weights" in capsys.readouterr().err
+
+
+def script_env(extra):
+    env = dict(os.environ)
+    env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+                "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO_ROOT)})
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def test_torchrun_two_cpu_processes(base_model, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29613",
+           str(PTUNING / "main.py"), *map(str, adgen_args(base_model, out, "--do_train", "--pre_seq_len", "4",
+                                                          "--max_steps", "2", "--per_device_train_batch_size", "2",
+                                                          "--max_train_samples", "16", "--ddp_backend", "gloo"))]
+    proc = subprocess.run(cmd, env=script_env({}), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    state = load_bin(out / "checkpoint-2" / "pytorch_model.bin")
+    assert list(state) == ["transformer.prefix_encoder.embedding.weight"]
+    train = read_json(out / "train_results.json")
+    assert train["train_samples"] == 16
+    assert "world_size: 2" in proc.stdout + proc.stderr or "distributed: True" in proc.stdout + proc.stderr
+
+
+def test_shell_scripts_train_and_evaluate(base_model, tmp_path):
+    out = tmp_path / "sh"
+    env = script_env({"MODEL": base_model, "TRAIN_FILE": ADGEN / "train.json", "VALIDATION_FILE": ADGEN / "dev.json",
+                      "OUTPUT_DIR": out, "PRE_SEQ_LEN": 4, "LR": "2e-2", "MAX_STEPS": 2, "SAVE_STEPS": 2,
+                      "QUANTIZATION_BIT": "", "GRAD_ACCUM": 1, "BATCH_SIZE": 2, "CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run(["bash", str(PTUNING / "train.sh"), "--use_cpu", "--max_train_samples", "8",
+                           "--max_source_length", "32", "--max_target_length", "16", "--report_to", "none"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "checkpoint-2" / "pytorch_model.bin").is_file()
+    env.update({"CHECKPOINT_DIR": str(out / "checkpoint-2"), "TEST_FILE": str(ADGEN / "dev.json")})
+    proc = subprocess.run(["bash", str(PTUNING / "evaluate.sh"), "--use_cpu", "--max_predict_samples", "2",
+                           "--max_source_length", "32", "--max_target_length", "16", "--report_to", "none"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "predict_bleu-4" in read_json(out / "predict_results.json")
+    assert len((out / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 2
