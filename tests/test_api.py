@@ -107,7 +107,7 @@ def test_concurrent_chats_queue_while_other_requests_stay_fast(server):
 
     def chat(index):
         reply = httpx.post(server.url + "/", json={"prompt": f"第{index}个问题：你好", "history": [],
-                                                   "max_length": 120}, timeout=300)
+                                                   "max_length": 64}, timeout=300)
         results[index] = reply
 
     threads = [threading.Thread(target=chat, args=(i,)) for i in range(8)]
