@@ -62,3 +62,14 @@ class ChatGLMConfig(PretrainedConfig):
             tie_word_embeddings=tie_word_embeddings,
             **kwargs,
         )
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path, **kwargs):
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        model_type = config_dict.get("model_type")
+        if model_type is not None and model_type != cls.model_type:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is not a ChatGLM-6B checkpoint (its config.json says "
+                f'model_type "{model_type}", expected "chatglm")'
+            )
+        return config_dict, kwargs

@@ -63,7 +63,7 @@ class ChatGLMTokenizer(PreTrainedTokenizer):
         **kwargs,
     ):
         if not vocab_file or not os.path.isfile(vocab_file):
-            raise FileNotFoundError(
+            raise ValueError(
                 f"ChatGLM tokenizer file {VOCAB_FILE!r} not found (looked for {vocab_file!r}); "
                 "the model folder must contain the SentencePiece model that came with the weights."
             )

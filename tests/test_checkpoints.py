@@ -1,0 +1,255 @@
+"""Checkpoint layouts (real names and shapes, sharded .bin, safetensors, -int4/-int8), quantization,
+P-Tuning, gradient checkpointing, 1-D positions and self-contained export."""
+
+import copy
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+import chatglm
+from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
+from chatglm.export import export_checkpoint
+from chatglm.quantization import QuantizedLinear, quantize_weight, unpack_int4
+from conftest import REFERENCE_DIR
+
+
+def small_config(tokenizer, **overrides):
+    ids = tokenizer.convert_tokens_to_ids
+    values = dict(vocab_size=tokenizer.vocab_size, hidden_size=64, inner_hidden_size=256, num_layers=2,
+                  num_attention_heads=4, max_sequence_length=256, bos_token_id=ids("<sop>"), eos_token_id=ids("<eop>"),
+                  mask_token_id=ids("[MASK]"), gmask_token_id=ids("[gMASK]"), pad_token_id=ids("<pad>"))
+    values.update(overrides)
+    return ChatGLMConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_checkpoint):
+    return AutoTokenizer.from_pretrained(tiny_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return AutoModel.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
+
+
+def same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.skipif(not (REFERENCE_DIR / "real_6b_keys.json").is_file(), reason="GOLDEN TEST SKIPPED: no real_6b_keys.json")
+def test_real_config_has_the_real_parameter_names_and_shapes():
+    real = json.loads((REFERENCE_DIR / "real_6b_keys.json").read_text())
+    config = ChatGLMConfig(**{k: v for k, v in real["config"].items() if not k.startswith("_")})
+    with torch.device("meta"):
+        model = ChatGLMForConditionalGeneration(config)
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    expected = {k: v["shape"] for k, v in real["keys"].items() if v["kind"] == "parameter"}
+    assert ours == expected
+    assert sum(p.numel() for p in model.parameters()) == real["num_parameters"] - 130528 * 4096  # lm_head is tied
+
+
+def write_real_sharded_layout(model, folder, shards=3):
+    """The layout of THUDM/chatglm-6b: pytorch_model-0000N-of-0000M.bin + index (with a stale total_size),
+    lm_head.weight and rotary inv_freq buffers included."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for i in range(model.config.num_layers):
+        state[f"transformer.layers.{i}.attention.rotary_emb.inv_freq"] = torch.ones(4, dtype=torch.float16)
+    keys = list(state)
+    weight_map = {}
+    for n in range(shards):
+        name = f"pytorch_model-{n + 1:05d}-of-{shards:05d}.bin"
+        part = {k: state[k] for k in keys[n::shards]}
+        torch.save(part, folder / name)
+        weight_map.update({k: name for k in part})
+    index = {"metadata": {"total_size": 123}, "weight_map": weight_map}
+    (folder / "pytorch_model.bin.index.json").write_text(json.dumps(index))
+    model.config.save_pretrained(folder)
+
+
+def test_real_sharded_layout_loads(model, tmp_path):
+    write_real_sharded_layout(model, tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
+    assert same_state(model, loaded)
+    assert loaded.lm_head.weight.data_ptr() == loaded.transformer.word_embeddings.weight.data_ptr()
+
+
+def test_sharded_safetensors_round_trip(model, tmp_path):
+    model.save_pretrained(tmp_path, max_shard_size="200KB")
+    assert "model.safetensors.index.json" in os.listdir(tmp_path)
+    assert same_state(model, AutoModel.from_pretrained(tmp_path, dtype=torch.float32))
+
+
+def test_checkpoint_inv_freq_and_stale_lm_head_are_ignored(model, tmp_path):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for i in range(model.config.num_layers):
+        state[f"transformer.layers.{i}.attention.rotary_emb.inv_freq"] = torch.zeros(8, dtype=torch.float16)
+    model.config.save_pretrained(tmp_path)
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    loaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
+    assert same_state(model, loaded)
+
+
+def test_quantize_matches_the_original_scheme_bit_for_bit():
+    """int8 weights and scales of model_A's first layer, computed the original way (fp16 math)."""
+    source = REFERENCE_DIR / "model_A"
+    if not source.is_dir():
+        pytest.skip("GOLDEN TEST SKIPPED: ../shared/reference/model_A is not present")
+    model = AutoModel.from_pretrained(source, dtype=torch.float32)
+    weights = {name: getattr(model.transformer.layers[0].attention, name).weight.detach().clone()
+               for name in ("query_key_value", "dense")}
+    model.quantize(8)
+    for name, w in weights.items():
+        layer = getattr(model.transformer.layers[0].attention, name)
+        w16 = w.half()
+        scale = (w16.abs().max(dim=-1).values / 127).half()
+        expected = torch.round(w16 / scale[:, None]).to(torch.int8)
+        assert torch.equal(layer.weight_scale.data, scale)
+        assert torch.equal(layer.weight.data, expected)
+
+
+def pack_int4_original(values):
+    """The original's INT4 byte layout, written independently: byte j = (w[2j] << 4) | (w[2j+1] & 0xF)."""
+    rows = []
+    for row in values.tolist():
+        rows.append([((row[2 * j] << 4) | (row[2 * j + 1] & 0xF)) & 0xFF for j in range(len(row) // 2)])
+    return torch.tensor(rows, dtype=torch.uint8).view(torch.int8)
+
+
+def test_int4_packing_matches_the_original_layout():
+    w = torch.randn(6, 8)
+    packed, scale = quantize_weight(w, 4)
+    values = torch.round(w.half() / scale[:, None]).to(torch.int8)
+    assert values.abs().max() <= 7
+    assert torch.equal(packed, pack_int4_original(values))
+    assert torch.equal(unpack_int4(packed), values)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_prequantized_checkpoint_loads_the_original_dequantized_weights(model, tmp_path, bits):
+    """A folder in the -int4/-int8 layout (int8 `weight` [out, in*bits/8] + fp16 `weight_scale`)."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    expected = {}
+    for key in [k for k in state if k.endswith(".weight") and ("attention." in k or "mlp." in k)]:
+        w = state.pop(key)
+        packed, scale = quantize_weight(w, bits)
+        if bits == 4:
+            packed = pack_int4_original(torch.round(w.half() / scale[:, None]).to(torch.int8))
+        state[key], state[key + "_scale"] = packed, scale
+        expected[key] = torch.round(w.half() / scale[:, None]).float() * scale.float()[:, None]
+    config = model.config.to_dict()
+    config["quantization_bit"] = bits
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    torch.save(state, tmp_path / "pytorch_model.bin")
+
+    loaded = AutoModel.from_pretrained(tmp_path, dtype=torch.float32)
+    modules = dict(loaded.named_modules())
+    for key, weight in expected.items():
+        layer = modules[key[: -len(".weight")]]
+        assert isinstance(layer, QuantizedLinear) and layer.bits == bits
+        assert torch.equal(layer.dequantize(torch.float32), weight)
+
+    # save_pretrained of the quantized model round-trips, and it still generates
+    loaded.save_pretrained(tmp_path / "again")
+    again = AutoModel.from_pretrained(tmp_path / "again", dtype=torch.float32)
+    assert same_state(loaded, again)
+    assert again.generate(torch.tensor([[5, 6, model.config.gmask_token_id, model.config.bos_token_id]]),
+                          max_length=10, do_sample=False).shape[1] > 4
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_model_stays_close_to_fp32(model, tokenizer, bits):
+    quantized = ChatGLMForConditionalGeneration(copy.deepcopy(model.config)).eval()
+    quantized.load_state_dict(model.state_dict())
+    quantized.quantize(bits)
+    inputs = tokenizer(["你好", "Hello world"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        full, low = model(**inputs).logits[:, -1], quantized(**inputs).logits[:, -1]
+    relative = ((full - low).norm() / full.norm()).item()
+    assert relative < (0.02 if bits == 8 else 0.25), relative
+    response, _ = quantized.chat(tokenizer, "你好", history=[], max_length=20, do_sample=False)
+    assert isinstance(response, str)
+
+
+def test_unsupported_quantization_bits_are_refused(model):
+    with pytest.raises(ValueError, match="4 or 8"):
+        ChatGLMForConditionalGeneration(copy.deepcopy(model.config)).quantize(3)
+
+
+def test_clear_errors_for_wrong_folders(tmp_path, tiny_checkpoint):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(ValueError, match="not a ChatGLM-6B checkpoint"):
+        ChatGLMForConditionalGeneration.from_pretrained(tmp_path)
+    no_vocab = tmp_path / "no-vocab"
+    no_vocab.mkdir()
+    (no_vocab / "tokenizer_config.json").write_text((open(os.path.join(tiny_checkpoint, "tokenizer_config.json")).read()))
+    with pytest.raises(ValueError, match="ice_text.model"):
+        chatglm.ChatGLMTokenizer.from_pretrained(no_vocab)
+
+
+def test_ptuning_prefix_trains_alone_with_gradient_checkpointing(model, tokenizer):
+    for projection in (False, True):
+        config = small_config(tokenizer, pre_seq_len=4, prefix_projection=projection)
+        tuned = ChatGLMForConditionalGeneration(config)
+        tuned.load_state_dict(model.state_dict(), strict=False)
+        trainable = {n for n, p in tuned.named_parameters() if p.requires_grad}
+        assert trainable and all(n.startswith("transformer.prefix_encoder.") for n in trainable)
+        tuned.gradient_checkpointing_enable()
+        tuned.train()
+        ids = torch.tensor([tokenizer.encode("你好") + [5, 6, config.eos_token_id]])
+        labels = ids.clone()
+        labels[:, :3] = -100
+        loss = tuned(ids, labels=labels).loss
+        loss.backward()
+        grads = {n for n, p in tuned.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert grads == trainable
+        tuned.eval()
+        response, _ = tuned.chat(tokenizer, "你好", history=[], max_length=16, do_sample=False)
+        assert isinstance(response, str)
+
+
+def test_one_dimensional_positions_and_cache_consistency(model, tokenizer):
+    config = small_config(tokenizer, position_encoding_2d=False)
+    torch.manual_seed(1)
+    flat = ChatGLMForConditionalGeneration(config).eval()
+    ids = torch.tensor([tokenizer.encode("晚上睡不着应该怎么办")])
+    greedy = flat.generate(ids, max_length=ids.shape[1] + 6, do_sample=False)
+    with torch.no_grad():
+        full = flat(greedy[:, :-1]).logits[0, ids.shape[1] - 1 :]
+    # positions of generated tokens stay at the mask position in 1-D mode
+    positions = flat.transformer.get_position_ids(ids)
+    assert positions.shape == ids.shape
+    steps = [flat(ids).logits[0, -1]]
+    out = flat(ids, use_cache=True)
+    cache, pos = out.cache, positions
+    for t in range(ids.shape[1], greedy.shape[1] - 1):
+        pos = flat.next_position_ids(pos)
+        out = flat(greedy[:, t : t + 1], position_ids=pos, cache=cache, use_cache=True)
+        cache = out.cache
+        steps.append(out.logits[0, -1])
+    assert torch.stack(steps).argmax(-1).tolist() == greedy[0, ids.shape[1] :].tolist()
+    assert full.shape[0] == len(steps)
+
+
+def test_export_is_self_contained(model, tokenizer, tmp_path):
+    folder = export_checkpoint(model, tokenizer, tmp_path / "exported")
+    script = (
+        "from transformers import AutoModel, AutoTokenizer\n"
+        f"t = AutoTokenizer.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
+        f"m = AutoModel.from_pretrained({str(folder)!r}, trust_remote_code=True)\n"
+        "r, h = m.chat(t, '你好', history=[], max_length=12, do_sample=False)\n"
+        "print(type(m).__module__, repr(r))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["HF_HUB_OFFLINE"] = "1"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith("transformers_modules.")
+    expected, _ = model.chat(tokenizer, "你好", history=[], max_length=12, do_sample=False)
+    assert result.stdout.strip().endswith(repr(expected))
