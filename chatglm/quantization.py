@@ -75,7 +75,10 @@ class QuantizedLinear(nn.Module):
 
     def forward(self, x):
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        if self.bits == 8 and x.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm"):
+        # torch's CPU int8 kernel has no backward; while autograd records (P-Tuning on a quantized
+        # model needs the input gradient) the dequantized path is used instead.
+        recording = torch.is_grad_enabled() and x.requires_grad
+        if self.bits == 8 and x.device.type == "cpu" and not recording and hasattr(torch, "_weight_int8pack_mm"):
             shape = x.shape
             out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.weight_scale.to(x.dtype))
             out = out.view(*shape[:-1], self.out_features)
