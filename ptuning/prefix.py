@@ -143,6 +143,10 @@ def load_for_ptuning(model_args, dtype=torch.float32, cache_dir=None, token=None
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     import chatglm  # noqa: F401  (registers the chatglm model type with the Auto classes)
+    from chatglm.loader import resolve_model_path
+
+    # a mistyped local folder fails here with one clear line (chatglm.loader.ModelLoadError)
+    model_args.model_name_or_path, _ = resolve_model_path(model_args.model_name_or_path)
 
     hub = {"cache_dir": cache_dir, "revision": revision}
     if token:
@@ -162,6 +166,7 @@ def load_for_ptuning(model_args, dtype=torch.float32, cache_dir=None, token=None
     tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or model_args.model_name_or_path, **hub)
     model = AutoModel.from_pretrained(model_args.model_name_or_path, config=config, dtype=dtype, **hub)
     if prefix_state is not None:
+        # (transformers reports the prefix encoder as MISSING above: it is filled in here)
         load_prefix_checkpoint(model, model_args.ptuning_checkpoint, prefix_state)
     if model_args.quantization_bit:
         if model_args.quantization_bit not in (4, 8):

@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Chat in the browser with a base model plus a P-Tuning v2 prefix checkpoint.
+
+    python3 ptuning/web_demo.py --model_name_or_path THUDM/chatglm-6b \\
+        --ptuning_checkpoint ptuning/output/adgen-chatglm-6b-pt-128-2e-2/checkpoint-3000 --pre_seq_len 128
+    python3 ptuning/web_demo.py --model_name_or_path chatglm-demo --ptuning_checkpoint DIR --device cpu --port 7861
+
+Model flags are those of ptuning/main.py (ModelArguments: --model_name_or_path, --ptuning_checkpoint,
+--pre_seq_len, --prefix_projection, --quantization_bit); --pre_seq_len may be left out (it is read from the
+checkpoint). The page is the one of the top-level web_demo.py (chatglm.webui.build_demo).
+"""
+
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for _path in (HERE, ROOT):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from arguments import ModelArguments  # noqa: E402
+
+
+@dataclass
+class ServerArguments:
+    device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu."})
+    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: reachable from other machines)."})
+    port: Optional[int] = field(default=None, metadata={"help": "Port (default: 7860, or the next free one)."})
+    share: bool = field(default=False, metadata={"help": "Also create a public gradio.live link."})
+    concurrency: int = field(default=1, metadata={"help": "Answers generated at the same time; others wait in the queue."})
+
+
+def load_model(model_args, device="cpu"):
+    """(tokenizer, model) for chatting: base model + prefix checkpoint, optionally quantized, on `device`.
+    On CUDA half precision with the prefix encoder in fp32 (as the original); on CPU fp32."""
+    import torch
+
+    from prefix import load_for_ptuning
+
+    _, tokenizer, model = load_for_ptuning(model_args, dtype=torch.float32)
+    if str(device) != "cpu":
+        model = model.half()
+        if model_args.pre_seq_len is not None:
+            model.transformer.prefix_encoder.float()
+    model = model.to(device).eval()
+    return tokenizer, model
+
+
+def main(argv=None):
+    from transformers import HfArgumentParser
+
+    from chatglm.loader import ModelLoadError, pick_device
+    from prefix import PrefixCheckpointError
+
+    parser = HfArgumentParser((ModelArguments, ServerArguments))
+    model_args, server_args = parser.parse_args_into_dataclasses(args=argv)
+    device = pick_device(server_args.device)
+    try:
+        tokenizer, model = load_model(model_args, device)
+    except (PrefixCheckpointError, ModelLoadError) as e:
+        sys.exit(f"error: {e}")
+
+    from chatglm.webui import build_demo, launch
+
+    title = "ChatGLM"
+    demo = build_demo(tokenizer, model, title=title, concurrency_limit=server_args.concurrency)
+    launch(demo, host=server_args.host, port=server_args.port, share=server_args.share,
+           concurrency_limit=server_args.concurrency)
+
+
+if __name__ == "__main__":
+    main()
