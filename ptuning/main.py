@@ -150,7 +150,8 @@ def main(argv=None):
         trainable = [n for n, p in model.named_parameters() if p.requires_grad]
         frozen_leaks = [n for n in trainable if not n.startswith("transformer.prefix_encoder.")]
         if frozen_leaks:
-            logger.warning("P-Tuning: freezing parameters outside the prefix encoder: %s", ", ".join(frozen_leaks[:5]))
+            # from_pretrained in transformers 5 re-creates the loaded parameters as trainable
+            logger.info("P-Tuning: freezing %d parameters outside the prefix encoder", len(frozen_leaks))
             for n, p in model.named_parameters():
                 p.requires_grad_(n.startswith("transformer.prefix_encoder."))
     else:

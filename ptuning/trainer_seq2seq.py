@@ -21,9 +21,16 @@ class Seq2SeqTrainer(_HFSeq2SeqTrainer):
     def __init__(self, *args, save_prefixencoder=False, gen_kwargs=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.save_prefixencoder = save_prefixencoder
-        if gen_kwargs:
-            # used by evaluations that run during training (evaluate() called without generation arguments)
-            self._gen_kwargs = dict(gen_kwargs)
+        # generation settings for evaluate()/predict() calls without arguments (evaluations during training)
+        self.default_gen_kwargs = dict(gen_kwargs or {})
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
+        gen_kwargs = gen_kwargs or dict(self.default_gen_kwargs)
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs)
+
+    def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test", **gen_kwargs):
+        gen_kwargs = gen_kwargs or dict(self.default_gen_kwargs)
+        return super().predict(test_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs)
 
     # ---- saving ----------------------------------------------------------------------------------------
 

@@ -169,10 +169,14 @@ def test_chat_training_with_history(base_model, tmp_path):
               "--prompt_column", "prompt", "--response_column", "response", "--history_column", "history",
               "--pre_seq_len", "4", "--max_steps", "2", "--per_device_train_batch_size", "2",
               "--max_train_samples", "8", "--max_eval_samples", "2", "--predict_with_generate",
+              "--eval_strategy", "steps", "--eval_steps", "1",
               "--learning_rate", "1e-2", *SHORT, "--max_source_length", "64", "--max_target_length", "16"])
     state = load_bin(out / "checkpoint-2" / "pytorch_model.bin")
     assert list(state) == ["transformer.prefix_encoder.embedding.weight"]
     assert "eval_rouge-l" in read_json(out / "eval_results.json")
+    # evaluations during training generate with the same settings (prompt + answer fit in max_length)
+    history = read_json(out / "checkpoint-2" / "trainer_state.json")["log_history"]
+    assert [h["step"] for h in history if "eval_bleu-4" in h] == [1, 2]
 
 
 def test_int8_prefix_projection_training(base_model, tmp_path):
