@@ -29,7 +29,7 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed  #
 from arguments import DataTrainingArguments, ModelArguments  # noqa: E402
 from data_utils import ChatGLMCollator, DataFileError, make_preprocessors, print_dataset_example, read_data_file  # noqa: E402
 from metrics import decode_ids, make_compute_metrics  # noqa: E402
-from prefix import PrefixCheckpointError, enable_backward_through_quantized, load_for_ptuning  # noqa: E402
+from prefix import PrefixCheckpointError, load_for_ptuning  # noqa: E402
 from trainer_seq2seq import Seq2SeqTrainer  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -213,8 +213,6 @@ def main(argv=None):
         gen_kwargs["num_beams"] = training_args.generation_num_beams
 
     if training_args.do_train:
-        if model_args.quantization_bit:
-            enable_backward_through_quantized(model)
         if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
             model.activation_checkpointing_enable()
         else:

@@ -106,27 +106,6 @@ def load_prefix_checkpoint(model, checkpoint, prefix_state=None):
     return model
 
 
-def _dequantizing_forward(self, x):
-    if torch.is_grad_enabled() and x.requires_grad:
-        bias = None if self.bias is None else self.bias.to(x.dtype)
-        return torch.nn.functional.linear(x, self.dequantize(x.dtype), bias)
-    return type(self).forward(self, x)
-
-
-def enable_backward_through_quantized(model):
-    """Let gradients flow through quantized Linear layers (P-Tuning on a quantized model needs the input
-    gradient). Some fast kernels (CPU INT8 `_weight_int8pack_mm`) have no backward, so while autograd
-    records, these layers compute with the dequantized weight instead; inference keeps the fast kernels."""
-    import types
-
-    count = 0
-    for module in model.modules():
-        if hasattr(module, "dequantize") and hasattr(module, "weight_scale"):
-            module.forward = types.MethodType(_dequantizing_forward, module)
-            count += 1
-    return count
-
-
 def checkpoint_config_value(checkpoint, name):
     path = os.path.join(checkpoint, "config.json") if os.path.isdir(checkpoint) else None
     if path and os.path.isfile(path):
