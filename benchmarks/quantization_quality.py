@@ -1,0 +1,63 @@
+"""How closely INT8 and INT4 models follow the fp32 model: top-1 next-token agreement and memory.
+
+For each prompt the fp32 model writes a greedy continuation; the quantized model then reads the same
+tokens (teacher forcing) and we count the positions where its top-1 token equals fp32's.
+
+    python benchmarks/quantization_quality.py                          # bundled demo checkpoint
+    python benchmarks/quantization_quality.py --model ../shared/reference/model_A --tokenizer ../shared/reference/tokenizer
+"""
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import chatglm  # noqa: E402
+from transformers import AutoModel, AutoTokenizer  # noqa: E402
+
+PROMPTS = ["你好", "晚上睡不着应该怎么办？", "Write a Python function:\ndef add(a, b):\n    return",
+           "How do I run the API server?", "把“早上好”翻译成英文", "What is 12 plus 30?"]
+
+
+def weight_bytes(model):
+    state = model.state_dict()
+    tied = model.lm_head.weight
+    return sum(t.numel() * t.element_size() for t in state.values()) - tied.numel() * tied.element_size()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=chatglm.DEMO_MODEL_PATH)
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: the model folder)")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    args = parser.parse_args()
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or args.model)
+    base = AutoModel.from_pretrained(args.model, dtype=torch.float32).eval()
+    sequences = []
+    for prompt in PROMPTS:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+        out = base.generate(ids, max_length=ids.shape[1] + args.new_tokens, do_sample=False)
+        sequences.append((ids.shape[1], out))
+
+    print("| precision | weights MB | top-1 agreement with fp32 |")
+    print("|---|---|---|")
+    for bits in (0, 8, 4):
+        model = base if bits == 0 else copy.deepcopy(base).quantize(bits)
+        agree = total = 0
+        with torch.no_grad():
+            for prompt_length, seq in sequences:
+                reference = base(seq).logits[0, prompt_length - 1 : -1].argmax(-1)
+                ours = model(seq).logits[0, prompt_length - 1 : -1].argmax(-1)
+                agree += int((reference == ours).sum())
+                total += reference.numel()
+        name = {0: "fp32", 8: "int8", 4: "int4"}[bits]
+        print(f"| {name} | {weight_bytes(model) / 1e6:.1f} | {100 * agree / total:.1f}% ({agree}/{total}) |")
+
+
+if __name__ == "__main__":
+    main()
