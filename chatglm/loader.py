@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import socket
 import sys
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
@@ -199,19 +200,50 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _check_hub_cache(model_id: str) -> None:
-    """With HF_HUB_OFFLINE set, fail fast with a useful line if the hub id is not in the local cache."""
-    if not _hub_offline():
-        return
+def _in_hub_cache(model_id: str) -> bool:
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:  # pragma: no cover - huggingface_hub always comes with transformers
-        return
-    found = try_to_load_from_cache(model_id, "config.json")
-    if not isinstance(found, str):
-        raise ModelLoadError(
-            f"model {model_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-            + DOWNLOAD_HINT.format(model=model_id) + " (or unset HF_HUB_OFFLINE to download it)")
+        return False
+    return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the hub's host answers on its port at all (a quick check instead of minutes of retries)."""
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # a proxy decides; let the download itself try
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_load_options(model_id: str) -> Dict[str, Any]:
+    """Decide how to load a hub id: from the local cache only, or allowing a download. A hub id that is
+    neither cached nor downloadable fails at once with a line saying how to get the weights."""
+    cached = _in_hub_cache(model_id)
+    if _hub_offline():
+        if not cached:
+            raise ModelLoadError(
+                f"model {model_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+                + DOWNLOAD_HINT.format(model=model_id) + " (or unset HF_HUB_OFFLINE to download it)")
+        return {"local_files_only": True}
+    if _hub_reachable():
+        if not cached:
+            _log(f"Downloading {model_id} into the Hugging Face cache (the 6B model is about 13 GB) ...")
+        return {}
+    if cached:
+        _log(f"note: the Hugging Face hub is not reachable; using the cached copy of {model_id}")
+        return {"local_files_only": True}
+    raise ModelLoadError(
+        f"model {model_id} is not in the local Hugging Face cache and the hub "
+        f"({os.environ.get('HF_ENDPOINT', 'https://huggingface.co')}) cannot be reached from here; "
+        + DOWNLOAD_HINT.format(model=model_id) + " (on a machine with internet, then copy the folder here)")
 
 
 def _explain_failure(model: str, is_local: bool, exc: BaseException) -> ModelLoadError:
@@ -269,8 +301,7 @@ def load_model_and_tokenizer(args: Union[argparse.Namespace, Mapping[str, Any], 
         _log(f"Using the bundled demo checkpoint ({path}): a tiny model for trying the tools, its answers are "
              f"not meaningful. For the real ChatGLM-6B add --model {REAL_MODEL_ID} (needs about 13 GB of GPU "
              f"memory, or --quantize 4 for about 6 GB).")
-    if not is_local:
-        _check_hub_cache(path)
+    hub_options = {} if is_local else _hub_load_options(path)
 
     num_gpus = int(settings["num_gpus"] or 1)
     quantize = settings["quantize"]
@@ -294,7 +325,7 @@ def load_model_and_tokenizer(args: Union[argparse.Namespace, Mapping[str, Any], 
          + (f", int{quantize}" if quantize else "")
          + (f", split over {num_gpus} GPUs" if num_gpus > 1 else "") + ") ...")
     try:
-        tokenizer = tokenizer_cls.from_pretrained(path)
+        tokenizer = tokenizer_cls.from_pretrained(path, **hub_options)
     except ModelLoadError:
         raise
     except (OSError, ValueError, EnvironmentError, ImportError, KeyError) as exc:
@@ -305,9 +336,10 @@ def load_model_and_tokenizer(args: Union[argparse.Namespace, Mapping[str, Any], 
             if quantize:
                 raise ModelLoadError("--quantize and --num-gpus > 1 cannot be combined; a quantized "
                                      "6B model fits on one GPU (int4 about 6 GB, int8 about 8 GB)")
-            model = load_model_on_gpus(path, num_gpus=num_gpus, dtype=dtype, model_class=model_cls)
+            model = load_model_on_gpus(path, num_gpus=num_gpus, dtype=dtype, model_class=model_cls,
+                                       **hub_options)
         else:
-            model = model_cls.from_pretrained(path, dtype=dtype)
+            model = model_cls.from_pretrained(path, dtype=dtype, **hub_options)
             if quantize:
                 already = int(getattr(model.config, "quantization_bit", 0) or 0)
                 if already:

@@ -1,0 +1,89 @@
+"""chatglm.loader: the model flags every script shares, and what users see when loading fails."""
+
+import argparse
+
+import pytest
+import torch
+
+from chatglm import loader
+from chatglm.loader import ModelLoadError, add_model_args, load_model_and_tokenizer
+
+
+def parse(*argv):
+    return add_model_args(argparse.ArgumentParser()).parse_args(list(argv))
+
+
+def test_flags_and_defaults():
+    args = parse()
+    assert (args.model, args.device, args.dtype, args.quantize, args.num_gpus) == (None, "auto", "auto", None, 1)
+    args = parse("--model", "THUDM/chatglm-6b", "--device", "cuda:1", "--dtype", "fp16", "--quantize", "4",
+                 "--num-gpus", "2")
+    assert (args.model, args.device, args.dtype, args.quantize, args.num_gpus) == (
+        "THUDM/chatglm-6b", "cuda:1", "float16", 4, 2)
+    for bad in (["--quantize", "3"], ["--dtype", "int3"], ["--device", "tpu"], ["--num-gpus", "0"]):
+        with pytest.raises(SystemExit):
+            parse(*bad)
+
+
+def test_loads_a_folder_in_eval_mode(tiny_checkpoint):
+    tokenizer, model = load_model_and_tokenizer(parse("--model", tiny_checkpoint, "--device", "cpu"))
+    assert not model.training
+    assert model.device.type == "cpu" and model.dtype == torch.float32
+    response, history = model.chat(tokenizer, "你好", max_length=24, do_sample=False)
+    assert history == [("你好", response)]
+
+
+def test_dtype_and_quantize(tiny_checkpoint):
+    _, model = load_model_and_tokenizer(model=tiny_checkpoint, device="cpu", dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    tokenizer, model = load_model_and_tokenizer(model=tiny_checkpoint, device="cpu", quantize=8)
+    assert model.config.quantization_bit == 8
+    response, _ = model.chat(tokenizer, "你好", max_length=24, do_sample=False)
+    assert isinstance(response, str)
+
+
+def test_bundled_checkpoint_is_the_default(demo_checkpoint, capsys):
+    tokenizer, model = load_model_and_tokenizer(parse("--device", "cpu"))
+    err = capsys.readouterr().err
+    hint = [line for line in err.splitlines() if "--model THUDM/chatglm-6b" in line]
+    assert len(hint) == 1 and "demo" in hint[0]
+    assert not model.training
+
+
+@pytest.mark.parametrize("make_args,words", [
+    (lambda tmp: {"model": str(tmp / "does-not-exist")}, ["no such folder", "--model"]),
+    (lambda tmp: {"model": "./also/missing"}, ["no such folder"]),
+    (lambda tmp: {"model": str(tmp)}, ["config.json", "--model"]),
+    (lambda tmp: {"model": "THUDM/chatglm-6b-not-downloaded"}, ["HF_HUB_OFFLINE", "huggingface-cli download",
+                                                                 "--model"]),
+])
+def test_clear_one_line_errors(tmp_path, monkeypatch, make_args, words):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as caught:
+        load_model_and_tokenizer(**make_args(tmp_path))
+    message = str(caught.value)
+    assert message.startswith("error: ") and "\n" not in message
+    for word in words:
+        assert word in message
+    # uncaught, it ends a script like sys.exit("error: ...") does: the line on stderr, exit status 1
+    assert isinstance(caught.value, SystemExit) and caught.value.code == message
+
+
+def test_broken_checkpoint_is_reported_not_raised(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "chatglm", "num_layers": 2}')
+    with pytest.raises(ModelLoadError, match="could not load"):
+        load_model_and_tokenizer(model=str(tmp_path), device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_missing_gpu_is_a_clear_error(tiny_checkpoint):
+    with pytest.raises(ModelLoadError, match="no CUDA GPU"):
+        load_model_and_tokenizer(model=tiny_checkpoint, device="cuda")
+    with pytest.raises(ModelLoadError, match="CUDA device"):
+        load_model_and_tokenizer(model=tiny_checkpoint, num_gpus=2)
+
+
+def test_auto_device_order():
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert loader.pick_device("auto") == expected
+    assert loader.pick_device("cpu") == "cpu"
