@@ -238,19 +238,27 @@ def script_env(extra):
     return env
 
 
-def test_torchrun_two_cpu_processes(base_model, tmp_path):
-    out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29613",
-           str(PTUNING / "main.py"), *map(str, adgen_args(base_model, out, "--do_train", "--pre_seq_len", "4",
-                                                          "--max_steps", "2", "--per_device_train_batch_size", "2",
-                                                          "--max_train_samples", "16", "--ddp_backend", "gloo"))]
+@pytest.mark.parametrize("mode", ["ptuning", "full"])
+def test_torchrun_two_cpu_processes(base_model, tmp_path, mode):
+    out = tmp_path / f"ddp-{mode}"
+    extra = ["--pre_seq_len", "4"] if mode == "ptuning" else ["--learning_rate", "1e-4"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_port", str(29613 + (mode == "full")), str(PTUNING / "main.py"),
+           *map(str, adgen_args(base_model, out, "--do_train", *extra, "--max_steps", "2",
+                                "--per_device_train_batch_size", "2", "--max_train_samples", "16",
+                                "--ddp_backend", "gloo"))]
     proc = subprocess.run(cmd, env=script_env({}), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    state = load_bin(out / "checkpoint-2" / "pytorch_model.bin")
-    assert list(state) == ["transformer.prefix_encoder.embedding.weight"]
+    log = proc.stdout + proc.stderr
+    assert "Process rank: 0" in log and "Process rank: 1" in log and "distributed: True" in log
+    ck = out / "checkpoint-2"
+    if mode == "ptuning":
+        assert list(load_bin(ck / "pytorch_model.bin")) == ["transformer.prefix_encoder.embedding.weight"]
+    else:
+        assert (ck / "model.safetensors").is_file()
+    assert (ck / "rng_state_0.pth").is_file() and (ck / "rng_state_1.pth").is_file()
     train = read_json(out / "train_results.json")
     assert train["train_samples"] == 16
-    assert "world_size: 2" in proc.stdout + proc.stderr or "distributed: True" in proc.stdout + proc.stderr
 
 
 def test_shell_scripts_train_and_evaluate(base_model, tmp_path):
