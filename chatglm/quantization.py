@@ -2,8 +2,9 @@
 
 Same scheme and storage as the original (and the `THUDM/chatglm-6b-int4`/`-int8` checkpoints):
 symmetric, one fp16 scale per output row, `weight` stored as int8 [out, in * bits / 8], INT4 packed
-two per byte with byte j = (w[2j] << 4) | (w[2j+1] & 0xF). Runs on any device: matmuls use torch's
-int8 weight-only kernel where it exists and otherwise dequantize the weight just in time.
+two per byte with byte j = (w[2j] << 4) | (w[2j+1] & 0xF). Runs on any device: on CPU matmuls use
+torch's int8 weight-only kernel (INT4 weights are unpacked to int8 for it on first use, so an INT4
+model takes 1.5 bytes per weight there); elsewhere the weight is dequantized just in time.
 """
 
 import torch
@@ -73,14 +74,26 @@ class QuantizedLinear(nn.Module):
         values = unpack_int4(self.weight) if self.bits == 4 else self.weight
         return values.to(dtype) * self.weight_scale.to(dtype)[:, None]
 
+    def int8_values(self):
+        """The weight as one int8 per value [out, in]; unpacked once and kept for INT4 on CPU."""
+        if self.bits == 8:
+            return self.weight
+        cached = getattr(self, "_unpacked", None)
+        if cached is None or cached[0] != self.weight._version:
+            cached = (self.weight._version, unpack_int4(self.weight))
+            self._unpacked = cached
+        return cached[1]
+
     def forward(self, x):
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        # torch's CPU int8 kernel has no backward; while autograd records (P-Tuning on a quantized
-        # model needs the input gradient) the dequantized path is used instead.
+        # torch's CPU int8 weight-only kernel serves both widths (INT4 values are unpacked to int8 once,
+        # same numbers). It has no backward: while autograd records (P-Tuning on a quantized model
+        # needs the input gradient) the dequantized path is used instead.
         recording = torch.is_grad_enabled() and x.requires_grad
-        if self.bits == 8 and x.device.type == "cpu" and not recording and hasattr(torch, "_weight_int8pack_mm"):
+        if x.device.type == "cpu" and not recording and hasattr(torch, "_weight_int8pack_mm"):
             shape = x.shape
-            out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.weight, self.weight_scale.to(x.dtype))
+            out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.int8_values(),
+                                            self.weight_scale.to(x.dtype))
             out = out.view(*shape[:-1], self.out_features)
             return out if bias is None else out + bias
         return F.linear(x, self.dequantize(x.dtype), bias)
