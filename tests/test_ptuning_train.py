@@ -278,3 +278,89 @@ def test_shell_scripts_train_and_evaluate(base_model, tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "predict_bleu-4" in read_json(out / "predict_results.json")
     assert len((out / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 2
+
+
+def stub_run(tmp_path, script, env_extra=None, args=()):
+    """Run a ptuning/*.sh script with `python3`/`deepspeed` replaced by a stub that records its arguments."""
+    stub_dir = tmp_path / "bin"
+    stub_dir.mkdir(exist_ok=True)
+    record = tmp_path / "args.json"
+    for name in ("python3", "deepspeed"):
+        stub = stub_dir / name
+        stub.write_text(f"#!{sys.executable}\nimport json, os, sys\n"
+                        f"json.dump({{'prog': os.path.basename(sys.argv[0]), 'argv': sys.argv[1:], 'cwd': os.getcwd(),"
+                        f" 'cuda': os.environ.get('CUDA_VISIBLE_DEVICES')}}, open({str(record)!r}, 'w'))\n")
+        stub.chmod(0o755)
+    env = dict(os.environ, PATH=f"{stub_dir}{os.pathsep}{os.environ['PATH']}")
+    for key in ("MODEL", "PRE_SEQ_LEN", "LR", "MAX_STEPS", "OUTPUT_DIR", "TRAIN_FILE", "VALIDATION_FILE", "TEST_FILE",
+                "QUANTIZATION_BIT", "CUDA_VISIBLE_DEVICES", "CHECKPOINT", "STEP", "CHECKPOINT_DIR"):
+        env.pop(key, None)
+    env.update(env_extra or {})
+    subprocess.run(["bash", str(PTUNING / script), *args], env=env, check=True, timeout=60)
+    rec = read_json(record)
+    argv = rec["argv"]
+    flags = {}
+    for i, a in enumerate(argv):
+        if a.startswith("--"):
+            flags[a] = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else True
+    return rec, flags
+
+
+def test_script_defaults_are_the_originals(tmp_path):
+    rec, f = stub_run(tmp_path, "train.sh")
+    assert rec["argv"][0] == "main.py" and rec["cwd"] == str(PTUNING) and rec["cuda"] == "0"
+    assert f["--pre_seq_len"] == "128" and f["--learning_rate"] == "2e-2" and f["--quantization_bit"] == "4"
+    assert f["--per_device_train_batch_size"] == "1" and f["--gradient_accumulation_steps"] == "16"
+    assert f["--max_steps"] == "3000" and f["--save_steps"] == "1000" and f["--logging_steps"] == "10"
+    assert f["--max_source_length"] == "64" and f["--max_target_length"] == "64"
+    assert f["--model_name_or_path"] == "THUDM/chatglm-6b"
+    assert f["--train_file"] == str(PTUNING / "AdvertiseGen" / "train.json")
+    assert f["--validation_file"] == str(PTUNING / "AdvertiseGen" / "dev.json")
+    assert f["--prompt_column"] == "content" and f["--response_column"] == "summary"
+    assert f["--output_dir"] == str(PTUNING / "output" / "adgen-chatglm-6b-pt-128-2e-2")
+    assert f["--predict_with_generate"] is True and f["--overwrite_cache"] is True and f["--do_train"] is True
+
+    rec, f = stub_run(tmp_path, "train.sh", {"MODEL": "some-org/some-model", "PRE_SEQ_LEN": "16", "LR": "1e-2",
+                                             "MAX_STEPS": "7", "QUANTIZATION_BIT": "", "OUTPUT_DIR": "out/x"},
+                      args=["--use_cpu"])
+    assert f["--pre_seq_len"] == "16" and f["--max_steps"] == "7" and "--quantization_bit" not in f
+    assert f["--model_name_or_path"] == "some-org/some-model"  # not a folder: passed through as a hub id
+    assert f["--output_dir"] == os.path.join(os.getcwd(), "out/x") and f["--use_cpu"] is True
+
+    rec, f = stub_run(tmp_path, "evaluate.sh")
+    assert f["--do_predict"] is True and f["--pre_seq_len"] == "128" and f["--quantization_bit"] == "4"
+    assert f["--ptuning_checkpoint"] == str(PTUNING / "output" / "adgen-chatglm-6b-pt-128-2e-2" / "checkpoint-3000")
+    assert f["--test_file"] == str(PTUNING / "AdvertiseGen" / "dev.json")
+
+    rec, f = stub_run(tmp_path, "train_chat.sh")
+    assert f["--history_column"] == "history" and f["--learning_rate"] == "1e-2"
+    assert f["--max_source_length"] == "256" and f["--max_target_length"] == "256"
+
+    rec, f = stub_run(tmp_path, "ds_train_finetune.sh")
+    assert rec["prog"] == "deepspeed" and "--num_gpus=4" in rec["argv"]
+    assert f["--deepspeed"] == "deepspeed.json" and f["--fp16"] is True and "--pre_seq_len" not in f
+    assert f["--learning_rate"] == "1e-4" and f["--per_device_train_batch_size"] == "4" and f["--max_steps"] == "5000"
+    assert read_json(PTUNING / "deepspeed.json")["zero_optimization"]["stage"] == 2
+
+    rec, f = stub_run(tmp_path, "evaluate_finetune.sh")
+    assert f["--model_name_or_path"] == str(PTUNING / "output" / "adgen-chatglm-6b-ft-1e-4" / "checkpoint-3000")
+    assert "--ptuning_checkpoint" not in f
+
+    rec, f = stub_run(tmp_path, "web_demo.sh")
+    assert rec["argv"][0] == "web_demo.py" and f["--pre_seq_len"] == "128"
+    assert f["--ptuning_checkpoint"] == str(PTUNING / "output" / "adgen-chatglm-6b-pt-128-2e-2" / "checkpoint-3000")
+
+
+def test_deepspeed_zero2_finetune(base_model, tmp_path):
+    pytest.importorskip("deepspeed")
+    if not torch.cuda.is_available():
+        pytest.skip("DeepSpeed fine-tuning needs a CUDA GPU")
+    out = tmp_path / "ds"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", str(PTUNING / "main.py"),
+           "--deepspeed", str(PTUNING / "deepspeed.json"), "--fp16",
+           *map(str, adgen_args(base_model, out, "--do_train", "--max_steps", "2", "--max_train_samples", "8",
+                                "--per_device_train_batch_size", "2"))]
+    cmd.remove("--use_cpu")
+    proc = subprocess.run(cmd, env=script_env({}), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "checkpoint-2").is_dir()
