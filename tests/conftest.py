@@ -5,6 +5,7 @@
                      it, the bundled demo checkpoint's tokenizer. Session-scoped; treat it as read-only.
 ``demo_checkpoint``  chatglm.DEMO_MODEL_PATH when the bundled checkpoint is there, else the test is skipped.
 ``door_checkpoint``  what the front-door tests load: the demo checkpoint when present, else the tiny one.
+``api_server``       api.py serving ``door_checkpoint`` as a real server process on a free port (session-scoped).
 """
 
 import os
@@ -111,3 +112,12 @@ def script_env():
         "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
     })
     return env
+
+
+@pytest.fixture(scope="session")
+def api_server(door_checkpoint, script_env):
+    from _doors import ServerProcess, free_port
+
+    with ServerProcess("api.py", ["--model", door_checkpoint, "--device", "cpu"], free_port(), script_env,
+                       ready_path="/health") as proc:
+        yield proc

@@ -8,16 +8,13 @@ import time
 import httpx
 import pytest
 
-from _doors import ServerProcess, free_port
 
 MAX_LENGTH = 40
 
 
-@pytest.fixture(scope="module")
-def server(door_checkpoint, script_env):
-    with ServerProcess("api.py", ["--model", door_checkpoint, "--device", "cpu"], free_port(), script_env,
-                       ready_path="/health") as proc:
-        yield proc
+@pytest.fixture
+def server(api_server):
+    return api_server
 
 
 def post(server, payload, **kwargs):
@@ -26,6 +23,7 @@ def post(server, payload, **kwargs):
 
 def test_contract_and_second_round(server, door_model):
     tokenizer, model = door_model
+    logged_before = server.output().count("prompt='晚上睡不着应该怎么办'")
     before = datetime.datetime.now().replace(microsecond=0)
     reply = post(server, {"prompt": "你好", "history": [], "max_length": MAX_LENGTH, "temperature": 0})
     after = datetime.datetime.now()
@@ -58,7 +56,7 @@ def test_contract_and_second_round(server, door_model):
 
     # one log line per request
     log = server.output()
-    assert log.count("prompt='晚上睡不着应该怎么办'") == 1
+    assert log.count("prompt='晚上睡不着应该怎么办'") == logged_before + 1
 
 
 BAD_REQUESTS = [

@@ -5,19 +5,42 @@ import sys
 
 import pytest
 
-from _doors import REPO_ROOT, ServerProcess, free_port
+from _doors import REPO_ROOT
 
 
-def run_example(name, args, env, timeout=180):
-    result = subprocess.run([sys.executable, str(REPO_ROOT / "examples" / name), *args], capture_output=True,
-                            text=True, encoding="utf-8", cwd=str(REPO_ROOT / "examples"), env=env,
-                            timeout=timeout)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
+MODEL_EXAMPLES = {
+    "chat_with_history.py": ["--max-length", "48"],
+    "streaming.py": ["--max-length", "48"],
+    "batch_generate.py": ["--max-length", "40"],
+}
 
 
-def test_chat_with_history(door_checkpoint, door_model, script_env):
-    out = run_example("chat_with_history.py", ["--model", door_checkpoint, "--max-length", "48"], script_env)
+def _start(name, args, env):
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "examples" / name), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, encoding="utf-8", cwd=str(REPO_ROOT / "examples"),
+                            env=env)
+
+
+def _finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def run_example(name, args, env):
+    return _finish(_start(name, args, env))
+
+
+@pytest.fixture(scope="module")
+def outputs(door_checkpoint, script_env):
+    """Run the examples that load the model side by side (most of their time is start-up)."""
+    procs = {name: _start(name, ["--model", door_checkpoint, *args], script_env)
+             for name, args in MODEL_EXAMPLES.items()}
+    return {name: _finish(proc) for name, proc in procs.items()}
+
+
+def test_chat_with_history(outputs, door_model):
+    out = outputs["chat_with_history.py"]
     tokenizer, model = door_model
     first, history = model.chat(tokenizer, "你好", history=[], max_length=48, do_sample=False)
     second, _ = model.chat(tokenizer, "晚上睡不着应该怎么办", history=history, max_length=48, do_sample=False)
@@ -26,13 +49,13 @@ def test_chat_with_history(door_checkpoint, door_model, script_env):
     assert "rounds in history: 2" in out
 
 
-def test_streaming(door_checkpoint, script_env):
-    out = run_example("streaming.py", ["--model", door_checkpoint, "--max-length", "48"], script_env)
+def test_streaming(outputs):
+    out = outputs["streaming.py"]
     assert out.endswith("\n")
 
 
-def test_batch_generate(door_checkpoint, door_model, script_env):
-    out = run_example("batch_generate.py", ["--model", door_checkpoint, "--max-length", "40"], script_env)
+def test_batch_generate(outputs, door_model):
+    out = outputs["batch_generate.py"]
     lines = [line for line in out.splitlines() if " -> " in line]
     prompts = ["你好", "晚上睡不着应该怎么办", "Write a haiku about the sea"]
     assert [line.split(" -> ")[0] for line in lines] == prompts
@@ -48,8 +71,6 @@ def test_batch_generate(door_checkpoint, door_model, script_env):
     assert lines[0] == f"你好 -> {expected}"
 
 
-def test_api_client(door_checkpoint, script_env):
-    with ServerProcess("api.py", ["--model", door_checkpoint, "--device", "cpu"], free_port(), script_env,
-                       ready_path="/health") as server:
-        out = run_example("api_client.py", ["--url", server.url, "--max-length", "48"], script_env)
+def test_api_client(api_server, script_env):
+    out = run_example("api_client.py", ["--url", api_server.url, "--max-length", "48"], script_env)
     assert "Q: 你好\nA: " in out and "Q: 晚上睡不着应该怎么办\nA: " in out
