@@ -322,18 +322,19 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
             cache = DynamicCache(config=self.config)
         past_length = cache.get_seq_length() if cache is not None else 0
 
+        padding_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
         if attention_mask is not None and attention_mask.dim() == 4:
             mask = ~attention_mask.bool()
+            mask = mask | ~mask.any(dim=-1, keepdim=True)  # fully blocked (padding) rows would give NaN
             if prefix_length:
                 mask = torch.cat((mask.new_ones(*mask.shape[:3], prefix_length), mask), dim=-1)
         else:
-            mask = self.get_attention_mask(input_ids, past_length, attention_mask, prefix_length)
-            attention_mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask
+            mask = self.get_attention_mask(input_ids, past_length, padding_mask, prefix_length)
 
         if position_ids is None:
             if past_length:
                 raise ValueError("position_ids are required when decoding with a cache")
-            position_ids = self.get_position_ids(input_ids, attention_mask)
+            position_ids = self.get_position_ids(input_ids, padding_mask)
         head_dim = self.config.hidden_size // self.config.num_attention_heads
         dtype = hidden_states.dtype
         if self.config.position_encoding_2d:

@@ -147,6 +147,16 @@ def test_batch_logits_hidden_states_attentions(reference, tokenizer):
         assert (probs - expected).abs()[real[:, None, :, None].expand_as(probs)].max() < 1e-4, i
 
 
+def test_original_four_dimensional_mask_is_accepted(reference, tokenizer):
+    name, model, golden, tensors = reference
+    inputs = _batch(tokenizer, golden)
+    blocked = torch.tensor(golden["batch_inputs"]["attention_mask"])  # the original tokenizer's [batch, 1, seq, seq]
+    with torch.no_grad():
+        logits = model(inputs["input_ids"], position_ids=inputs["position_ids"], attention_mask=blocked).logits
+    real = inputs["attention_mask"].bool()
+    assert (logits - tensors["batch_logits"])[real].abs().max() < ATOL
+
+
 def test_cache_contents(reference, tokenizer):
     name, model, golden, tensors = reference
     inputs = _batch(tokenizer, golden)
