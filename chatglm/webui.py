@@ -90,11 +90,13 @@ def build_demo(tokenizer, model, *, title: str = "ChatGLM", concurrency_limit: i
         history = gr.State([])
         pending_query = gr.State("")
 
-        submit.click(take_input, [user_input], [user_input, pending_query], queue=False,
-                     show_progress="hidden").then(
+        answering = submit.click(take_input, [user_input], [user_input, pending_query], queue=False,
+                                 show_progress="hidden").then(
             predict, [pending_query, max_length, top_p, temperature, history], [chatbot, history],
             concurrency_limit=concurrency_limit, show_progress="hidden")
-        clear.click(reset_state, outputs=[chatbot, history], queue=False, show_progress="hidden")
+        # Clear History also stops an answer that is still being written
+        clear.click(reset_state, outputs=[chatbot, history], queue=False, show_progress="hidden",
+                    cancels=[answering])
     return demo
 
 
