@@ -242,3 +242,46 @@ def test_sample_data_is_reproducible(tmp_path):
         assert (tmp_path / rel).read_bytes() == (PTUNING / "data" / rel).read_bytes(), rel
     rows = [json.loads(l) for l in (tmp_path / "AdvertiseGen_sample/train.json").read_text(encoding="utf-8").splitlines()]
     assert len(rows) == 1000 and all(r["content"].startswith("类型#") and r["summary"] for r in rows)
+
+
+def test_arguments_cli_and_json_config(tmp_path):
+    import main as ptuning_main
+
+    common = {"model_name_or_path": "m", "train_file": "t.json", "prompt_column": "content",
+              "response_column": "summary", "output_dir": str(tmp_path / "o"), "pre_seq_len": 8,
+              "max_source_length": 64, "report_to": "none"}
+    cfg = tmp_path / "args.json"
+    cfg.write_text(json.dumps(dict(common, overwrite_output_dir=True, no_cuda=True)), encoding="utf-8")
+    m, d, t = ptuning_main.parse_args([str(cfg)])
+    assert m.pre_seq_len == 8 and m.prefix_projection is False and m.quantization_bit is None
+    assert d.max_source_length == 64 and d.max_target_length == 128 and d.val_max_target_length == 128
+    assert d.ignore_pad_token_for_loss is True and d.source_prefix == ""
+    assert t.use_cpu is True
+    argv = [x for k, v in common.items() for x in (f"--{k}", str(v))] + ["--overwrite_output_dir", "--no_cuda",
+                                                                          "--prefix_projection"]
+    m2, d2, t2 = ptuning_main.parse_args(argv)
+    assert m2.prefix_projection is True and t2.use_cpu is True and d2.train_file == "t.json"
+    with pytest.raises(ValueError, match="Need a data set"):
+        ptuning_main.parse_args(["--model_name_or_path", "m", "--output_dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="expected a .json/.jsonl"):
+        ptuning_main.parse_args(["--model_name_or_path", "m", "--train_file", "x.txt", "--output_dir", str(tmp_path)])
+
+
+def test_dataclass_fields_and_defaults():
+    import dataclasses
+
+    from arguments import DataTrainingArguments, ModelArguments
+
+    model_fields = {f.name: f.default for f in dataclasses.fields(ModelArguments)}
+    assert list(model_fields) == ["model_name_or_path", "ptuning_checkpoint", "config_name", "tokenizer_name",
+                                  "cache_dir", "use_fast_tokenizer", "model_revision", "use_auth_token",
+                                  "resize_position_embeddings", "quantization_bit", "pre_seq_len", "prefix_projection"]
+    data_fields = {f.name: f.default for f in dataclasses.fields(DataTrainingArguments)}
+    assert list(data_fields) == ["lang", "dataset_name", "dataset_config_name", "prompt_column", "response_column",
+                                 "history_column", "train_file", "validation_file", "test_file", "overwrite_cache",
+                                 "preprocessing_num_workers", "max_source_length", "max_target_length",
+                                 "val_max_target_length", "pad_to_max_length", "max_train_samples", "max_eval_samples",
+                                 "max_predict_samples", "num_beams", "ignore_pad_token_for_loss", "source_prefix",
+                                 "forced_bos_token"]
+    assert data_fields["max_source_length"] == 1024 and data_fields["max_target_length"] == 128
+    assert data_fields["ignore_pad_token_for_loss"] is True
