@@ -40,15 +40,18 @@ DROPPED_FLAGS = {"--overwrite_output_dir"}  # transformers 5 always writes into 
 
 
 def _compat_argv(argv):
-    out = []
+    out, skip_value = [], False
     for arg in argv:
+        if skip_value:
+            skip_value = False
+            if arg.lower() in ("true", "false", "yes", "no", "1", "0"):
+                continue
         name, eq, value = arg.partition("=")
         if name in DROPPED_FLAGS:
-            if eq and value.lower() not in ("true", "1", "yes"):
-                continue
+            skip_value = not eq
             continue
         if name in RENAMED_FLAGS:
-            arg = RENAMED_FLAGS[name] + (eq + value if eq else "")
+            arg = RENAMED_FLAGS[name] + eq + value
         out.append(arg)
     return out
 
