@@ -130,3 +130,35 @@ def test_chat_in_the_browser(web_server, browser):
     box.send_keys("再见")
     driver.find_element(By.CSS_SELECTOR, "button#submit").click()
     _wait(driver, lambda d: _messages(d, "user") == ["再见"], what="only the new question")
+
+
+def test_page_layout_and_streaming(door_model):
+    """The page as built by chatglm.webui.build_demo, and its answer function streaming in-process."""
+    import gradio as gr
+
+    from chatglm.webui import build_demo
+
+    tokenizer, model = door_model
+    demo = build_demo(tokenizer, model)
+    components = {getattr(block, "elem_id", None): block for block in demo.blocks.values()}
+    chatbot = components["chatbot"]
+    assert isinstance(chatbot, gr.Chatbot)
+    assert {"left": "$$", "right": "$$", "display": True} in chatbot.latex_delimiters
+    assert {"left": "$", "right": "$", "display": False} in chatbot.latex_delimiters
+    assert chatbot.render_markdown
+    sliders = {key: (components[key].minimum, components[key].maximum, components[key].value)
+               for key in ("max-length", "top-p", "temperature")}
+    assert sliders == {"max-length": (0, 4096, 2048), "top-p": (0, 1, 0.7), "temperature": (0, 1, 0.95)}
+    assert components["user-input"].lines > 1
+
+    predict = next(fn.fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "predict")
+    steps = list(predict("你好", 64, 0.7, 0, []))
+    messages, history = steps[-1]
+    assert len(steps) >= 2, "answers stream: one update per generated token"
+    expected, _ = model.chat(tokenizer, "你好", history=[], max_length=64, do_sample=False)
+    assert history == [("你好", expected)]
+    assert messages == [{"role": "user", "content": "你好"}, {"role": "assistant", "content": expected}]
+    # a second round shows both; an empty input changes nothing
+    messages, history2 = list(predict("再见", 96, 0.7, 0, history))[-1]
+    assert [m["content"] for m in messages][:3] == ["你好", expected, "再见"] and len(history2) == 2
+    assert list(predict("   ", 64, 0.7, 0.95, history)) == [(messages[:2], history)]
