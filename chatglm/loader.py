@@ -298,9 +298,9 @@ def load_model_and_tokenizer(args: Union[argparse.Namespace, Mapping[str, Any], 
     path, is_demo = resolve_model_path(settings["model"])
     is_local = os.path.isdir(path)
     if is_demo:
-        _log(f"Using the bundled demo checkpoint ({path}): a tiny model for trying the tools, its answers are "
-             f"not meaningful. For the real ChatGLM-6B add --model {REAL_MODEL_ID} (needs about 13 GB of GPU "
-             f"memory, or --quantize 4 for about 6 GB).")
+        _log(f"Using the bundled demo checkpoint ({path}), a small model for trying the tools whose answers "
+             f"are only a demonstration; for the real ChatGLM-6B add --model {REAL_MODEL_ID} (about 13 GB of "
+             f"GPU memory, or --quantize 4 for about 6 GB).")
     hub_options = {} if is_local else _hub_load_options(path)
 
     num_gpus = int(settings["num_gpus"] or 1)
