@@ -36,10 +36,12 @@ def test_loads_a_folder_in_eval_mode(tiny_checkpoint):
 def test_dtype_and_quantize(tiny_checkpoint):
     _, model = load_model_and_tokenizer(model=tiny_checkpoint, device="cpu", dtype="bfloat16")
     assert model.dtype == torch.bfloat16
-    tokenizer, model = load_model_and_tokenizer(model=tiny_checkpoint, device="cpu", quantize=8)
-    assert model.config.quantization_bit == 8
-    response, _ = model.chat(tokenizer, "你好", max_length=24, do_sample=False)
-    assert isinstance(response, str)
+    for bits in (8, 4):
+        tokenizer, model = load_model_and_tokenizer(parse("--model", tiny_checkpoint, "--device", "cpu",
+                                                          "--quantize", str(bits)))
+        assert model.config.quantization_bit == bits
+        response, _ = model.chat(tokenizer, "你好", max_length=24, do_sample=False)
+        assert isinstance(response, str)
 
 
 def test_bundled_checkpoint_is_the_default(demo_checkpoint, capsys):
