@@ -1,6 +1,7 @@
 """web_demo.py served on a free port and used in headless Chromium through selenium."""
 
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -79,7 +80,19 @@ def _set_slider(driver, elem_id, value):
           .get_attribute("value") == str(value), what=f"slider {elem_id} to show {value}")
 
 
-def test_chat_in_the_browser(web_server, browser):
+def _wait_until_stable(driver, rounds=60):
+    """Wait until the answers stop growing (the stream has ended)."""
+    previous = None
+    for _ in range(rounds):
+        current = _messages(driver, "bot")
+        if current == previous:
+            return current
+        previous = current
+        time.sleep(0.7)
+    return previous
+
+
+def test_chat_in_the_browser(web_server, browser, door_model):
     from selenium.webdriver.common.by import By
 
     driver = browser
@@ -96,6 +109,11 @@ def test_chat_in_the_browser(web_server, browser):
     assert driver.find_element(By.CSS_SELECTOR, "#top-p input[type='range']").get_attribute("value") == "0.7"
     assert driver.find_element(By.CSS_SELECTOR, "#temperature input[type='range']").get_attribute("value") == "0.95"
     _set_slider(driver, "max-length", 96)
+    _set_slider(driver, "temperature", 0)  # greedy: the answers can be checked against model.chat
+    tokenizer, model = door_model
+    first, history = model.chat(tokenizer, "你好，请介绍一下你自己", max_length=96, do_sample=False)
+    second, _ = model.chat(tokenizer, "用 Python 写一个计算阶乘的函数", history=history, max_length=400,
+                           do_sample=False)
 
     # an empty input is ignored
     driver.find_element(By.CSS_SELECTOR, "button#submit").click()
@@ -109,15 +127,26 @@ def test_chat_in_the_browser(web_server, browser):
     answer = _wait(driver, lambda d: [text for text in _messages(d, "bot") if text.strip()], timeout=120,
                    what="an answer in the chat")
     assert driver.find_element(By.CSS_SELECTOR, "#user-input textarea").get_attribute("value") == ""
-    # wait until the answer stops growing, then keep a screenshot for the README
-    previous = None
-    for _ in range(60):
-        current = _messages(driver, "bot")
-        if current == previous:
-            break
-        previous = current
-        time.sleep(0.5)
     assert answer
+    shown = _wait_until_stable(driver)
+    assert len(shown) == 1
+    if not re.search(r"[*_`$#<>\[\]|~\\]|^\s*\d+\.", first):  # text that Markdown shows as is
+        assert " ".join(shown[0].split()) == " ".join(first.split())
+
+    # a second round with a longer Maximum length: answers render as Markdown, so code the model writes
+    # in a fenced block shows as a code block
+    _set_slider(driver, "max-length", 400)
+    box = driver.find_element(By.CSS_SELECTOR, "#user-input textarea")
+    box.send_keys("用 Python 写一个计算阶乘的函数")
+    driver.find_element(By.CSS_SELECTOR, "button#submit").click()
+    _wait(driver, lambda d: len(_messages(d, "user")) == 2 and len(_messages(d, "bot")) == 2, timeout=120,
+          what="the second round")
+    _wait_until_stable(driver)
+    if "```" in second:
+        code = _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#chatbot [data-testid='bot'] pre"),
+                     what="a rendered code block")
+        fenced = second.split("```", 2)[1].split("\n", 1)[1]
+        assert fenced.strip().splitlines()[0] in code[-1].text
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     driver.save_screenshot(str(SCREENSHOT))
     assert SCREENSHOT.stat().st_size > 10_000
