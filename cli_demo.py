@@ -25,14 +25,27 @@ CLEAR_SCREEN = "\033[H\033[2J\033[3J"
 REDRAW_INTERVAL_S = 0.05
 
 
+def _bounded(kind, low, high):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "whole number" if kind is int else "number"
+            raise argparse.ArgumentTypeError(f"expected a {noun}, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected a value from {low} to {high}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Chat with ChatGLM-6B in the terminal.")
     add_model_args(parser)
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--max-length", type=int, default=2048,
+    gen.add_argument("--max-length", type=_bounded(int, 1, 1 << 20), default=2048,
                      help="most tokens of prompt (with history) plus answer (default: 2048)")
-    gen.add_argument("--top-p", type=float, default=0.7, help="nucleus sampling top p (default: 0.7)")
-    gen.add_argument("--temperature", type=float, default=0.95,
+    gen.add_argument("--top-p", type=_bounded(float, 0.0, 1.0), default=0.7, help="nucleus sampling top p (default: 0.7)")
+    gen.add_argument("--temperature", type=_bounded(float, 0.0, 100.0), default=0.95,
                      help="sampling temperature; 0 means greedy decoding (default: 0.95)")
     return parser
 
