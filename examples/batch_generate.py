@@ -7,6 +7,8 @@ import torch
 from _common import parse_args
 from transformers import AutoModel, AutoTokenizer
 
+from chatglm.modeling_chatglm import process_response  # the clean-up chat() applies to answers
+
 args = parse_args(__doc__, max_length=64)
 tokenizer = AutoTokenizer.from_pretrained(args.model)
 model = AutoModel.from_pretrained(args.model).float().eval()
@@ -19,5 +21,5 @@ with torch.no_grad():
 
 prompt_length = inputs["input_ids"].shape[1]
 for prompt, output in zip(prompts, outputs):
-    answer = tokenizer.decode(output[prompt_length:], skip_special_tokens=True)
-    print(f"{prompt} -> {answer.strip()}")
+    answer = process_response(tokenizer.decode(output[prompt_length:], skip_special_tokens=True))
+    print(f"{prompt} -> {answer}")
