@@ -1,0 +1,1 @@
+../chatglm/configuration_chatglm.py

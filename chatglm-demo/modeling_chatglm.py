@@ -1,0 +1,1 @@
+../chatglm/modeling_chatglm.py

@@ -1,0 +1,1 @@
+../chatglm/tokenization_chatglm.py
