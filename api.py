@@ -30,13 +30,11 @@ from typing import Any, List, Optional, Tuple
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from chatglm.loader import add_model_args, load_model_and_tokenizer
+from chatglm.loader import (DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, add_model_args,
+                            add_server_args, generation_options, load_model_and_tokenizer)
 
 logger = logging.getLogger("chatglm.api")
 
-DEFAULT_MAX_LENGTH = 2048
-DEFAULT_TOP_P = 0.7
-DEFAULT_TEMPERATURE = 0.95
 MAX_LENGTH_LIMIT = 32768
 TEMPERATURE_LIMIT = 100.0
 
@@ -118,12 +116,8 @@ def create_app(tokenizer, model, *, model_name: Optional[str] = None) -> FastAPI
     name = model_name or getattr(getattr(model, "config", None), "_name_or_path", None) or "chatglm"
 
     def generate(prompt, history, max_length, top_p, temperature):
-        if temperature == 0:
-            options = {"do_sample": False}
-        else:
-            options = {"top_p": top_p, "temperature": temperature}
-        response, new_history = model.chat(tokenizer, prompt, history=history, max_length=max_length,
-                                           **options)
+        response, new_history = model.chat(tokenizer, prompt, history=history,
+                                           **generation_options(max_length, top_p, temperature))
         _free_gpu_cache()
         return response, new_history
 
@@ -188,11 +182,7 @@ def _free_gpu_cache() -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Serve ChatGLM-6B over HTTP (POST / with a JSON prompt).")
     add_model_args(parser)
-    server = parser.add_argument_group("server")
-    server.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on; 0.0.0.0 makes it reachable from other machines "
-                             "(default: 127.0.0.1, this machine only)")
-    server.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    add_server_args(parser, default_port=8000)
     return parser
 
 

@@ -16,7 +16,8 @@ import signal
 import sys
 import time
 
-from chatglm.loader import add_model_args, load_model_and_tokenizer
+from chatglm.loader import (DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, add_model_args,
+                            generation_options, load_model_and_tokenizer)
 
 WELCOME = "欢迎使用 ChatGLM-6B 模型：输入内容即可对话，输入 clear 清空对话历史，输入 stop 退出程序。"
 USER_TAG = "用户："
@@ -42,18 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Chat with ChatGLM-6B in the terminal.")
     add_model_args(parser)
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--max-length", type=_bounded(int, 1, 1 << 20), default=2048,
-                     help="most tokens of prompt (with history) plus answer (default: 2048)")
-    gen.add_argument("--top-p", type=_bounded(float, 0.0, 1.0), default=0.7, help="nucleus sampling top p (default: 0.7)")
-    gen.add_argument("--temperature", type=_bounded(float, 0.0, 100.0), default=0.95,
-                     help="sampling temperature; 0 means greedy decoding (default: 0.95)")
+    gen.add_argument("--max-length", type=_bounded(int, 1, 1 << 20), default=DEFAULT_MAX_LENGTH,
+                     help="most tokens of prompt (with history) plus answer (default: %(default)s)")
+    gen.add_argument("--top-p", type=_bounded(float, 0.0, 1.0), default=DEFAULT_TOP_P,
+                     help="nucleus sampling top p (default: %(default)s)")
+    gen.add_argument("--temperature", type=_bounded(float, 0.0, 100.0), default=DEFAULT_TEMPERATURE,
+                     help="sampling temperature; 0 means greedy decoding (default: %(default)s)")
     return parser
 
 
 def generation_kwargs(args) -> dict:
-    if args.temperature <= 0:
-        return {"max_length": args.max_length, "do_sample": False}
-    return {"max_length": args.max_length, "top_p": args.top_p, "temperature": args.temperature}
+    return generation_options(args.max_length, args.top_p, args.temperature)
 
 
 def render(history, welcome: str = WELCOME) -> str:

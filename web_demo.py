@@ -9,22 +9,13 @@ The page itself is built by ``chatglm.webui.build_demo`` (shared with ``ptuning/
 
 import argparse
 
-from chatglm.loader import add_model_args, load_model_and_tokenizer
+from chatglm.loader import add_model_args, add_server_args, load_model_and_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Chat with ChatGLM-6B in the browser.")
     add_model_args(parser)
-    add_server_args(parser)
-    return parser
-
-
-def add_server_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    server = parser.add_argument_group("web server")
-    server.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on; 0.0.0.0 makes the page reachable from other machines "
-                             "(default: 127.0.0.1)")
-    server.add_argument("--port", type=int, default=None, help="port (default: 7860, or the next free one)")
+    server = add_server_args(parser, default_port=None, title="web server")
     server.add_argument("--share", action="store_true", help="also create a public gradio.live link")
     server.add_argument("--concurrency", type=int, default=1, metavar="N",
                         help="answers generated at the same time; others wait in the queue (default: 1)")

@@ -29,6 +29,11 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 REAL_MODEL_ID = "THUDM/chatglm-6b"
 
+# generation defaults of every front door (the original's)
+DEFAULT_MAX_LENGTH = 2048
+DEFAULT_TOP_P = 0.7
+DEFAULT_TEMPERATURE = 0.95
+
 DTYPE_NAMES = {
     "float32": "float32",
     "fp32": "float32",
@@ -119,6 +124,30 @@ def add_model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         "--num-gpus", type=_positive_int, default=1, metavar="N",
         help="split the model over N GPUs (default: 1)")
     return parser
+
+
+def add_server_args(parser: argparse.ArgumentParser, *, default_port: Optional[int],
+                    title: str = "server") -> argparse._ArgumentGroup:
+    """Add ``--host`` (default 127.0.0.1) and ``--port`` for the scripts that serve over HTTP; returns the
+    group so a script can add its own server flags to it."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on; 0.0.0.0 makes it reachable from other machines "
+                            "(default: 127.0.0.1, this machine only)")
+    group.add_argument("--port", type=int, default=default_port,
+                       help=f"port (default: {default_port if default_port else '7860, or the next free one'})")
+    return group
+
+
+def generation_options(max_length: int, top_p: float, temperature: float) -> Dict[str, Any]:
+    """The front doors' generation settings as keyword arguments of ``chat``/``stream_chat``.
+    Temperature 0 means greedy decoding (sampling at temperature 0 is undefined)."""
+    options: Dict[str, Any] = {"max_length": max(1, int(max_length))}
+    if float(temperature) <= 0:
+        options["do_sample"] = False
+    else:
+        options.update(top_p=float(top_p), temperature=float(temperature))
+    return options
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@ answers are generated at once (default 1, so one model is never used by two gene
 
 from typing import Iterable, List, Sequence, Tuple
 
+from .loader import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generation_options
+
 LATEX_DELIMITERS = [
     {"left": "$$", "right": "$$", "display": True},
     {"left": "$", "right": "$", "display": False},
@@ -20,9 +22,6 @@ LATEX_DELIMITERS = [
     {"left": "\\[", "right": "\\]", "display": True},
 ]
 
-DEFAULT_MAX_LENGTH = 2048
-DEFAULT_TOP_P = 0.7
-DEFAULT_TEMPERATURE = 0.95
 
 
 def history_to_messages(history: Iterable[Sequence[str]]) -> List[dict]:
@@ -32,16 +31,6 @@ def history_to_messages(history: Iterable[Sequence[str]]) -> List[dict]:
         messages.append({"role": "user", "content": question})
         messages.append({"role": "assistant", "content": answer})
     return messages
-
-
-def generation_options(max_length, top_p, temperature) -> dict:
-    """Slider values -> keyword arguments of ``stream_chat`` (temperature 0 means greedy decoding)."""
-    options = {"max_length": max(1, int(max_length))}
-    if float(temperature) <= 0:
-        options["do_sample"] = False
-    else:
-        options.update(top_p=float(top_p), temperature=float(temperature))
-    return options
 
 
 def build_demo(tokenizer, model, *, title: str = "ChatGLM", concurrency_limit: int = 1):
