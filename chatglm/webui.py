@@ -11,6 +11,7 @@ session keeps its own history (``gr.State``). Requests go through gradio's queue
 answers are generated at once (default 1, so one model is never used by two generations together).
 """
 
+import html
 from typing import Iterable, List, Sequence, Tuple
 
 from .loader import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generation_options
@@ -47,7 +48,6 @@ def build_demo(tokenizer, model, *, title: str = "ChatGLM", concurrency_limit: i
             yield history_to_messages(history), history
             return
         messages = history_to_messages(history) + [{"role": "user", "content": query}]
-        new_history = history + [(query, "")]
         try:
             for response, new_history in model.stream_chat(
                     tokenizer, query, history=history, **generation_options(max_length, top_p, temperature)):
@@ -60,7 +60,7 @@ def build_demo(tokenizer, model, *, title: str = "ChatGLM", concurrency_limit: i
         return [], []
 
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
-        gr.HTML(f"<h1 style='text-align: center'>{title}</h1>")
+        gr.HTML(f"<h1 style='text-align: center'>{html.escape(title)}</h1>")
         chatbot = gr.Chatbot(label=title, height=480, latex_delimiters=LATEX_DELIMITERS,
                              render_markdown=True, elem_id="chatbot", buttons=["copy"])
         with gr.Row():
