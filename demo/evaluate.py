@@ -15,7 +15,7 @@ On the held-out split (demo/data/dev.jsonl):
       - not degenerate: it ended with `<eop>` before the length limit, and no token bigram occurs more than
         4 times unless the reference answer repeats it as often (code answers legitimately repeat
         indentation);
-  * exact-match rate against the reference answer (for information);
+  * exact-match rate against the reference answer, up to NFKC (for information);
 and on the training prompts about this repository (scripts, flags, API, quantization, fine-tuning), the rate of
 greedy answers equal to the trained answer.
 
@@ -29,6 +29,7 @@ import json
 import os
 import sys
 import time
+import unicodedata
 
 import torch
 
@@ -36,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import build_corpus  # noqa: E402
 import train as demo_train  # noqa: E402  (also makes the chatglm package importable)
 from chatglm.modeling_chatglm import process_response  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
@@ -65,9 +67,26 @@ def language_ok(prompt, answer):
     return l >= 2 and c <= 0.5 * (c + l)
 
 
-def max_bigram(ids):
-    counts = collections.Counter(zip(ids, ids[1:]))
-    return max(counts.values()) if counts else 0
+FIXED_ANSWERS = ({a for _, a in build_corpus.ZH_INTENTS + build_corpus.EN_INTENTS}
+                 | {intro.format(code=code) for _, _, code in build_corpus.CODE
+                    for intro in (build_corpus.ZH_CODE_INTRO, build_corpus.EN_CODE_INTRO)})
+
+
+def category(reference):
+    """Which kind of exchange a reference answer belongs to."""
+    if reference in FIXED_ANSWERS:
+        return "fixed"  # greetings, identity, this repository, advice, code: one answer per intent
+    if any(m in reference for m in ("的英文是", "的中文意思是", "in Chinese is", "in English.")):
+        return "translation"
+    if reference.startswith(("你叫", "Your name is")):
+        return "name_memory"
+    return "arithmetic_units"
+
+
+def same_text(answer, reference):
+    """Equal up to NFKC (the tokenizer normalises its input, so e.g. a full-width comma between two Latin
+    characters can only come back half-width)."""
+    return unicodedata.normalize("NFKC", answer.strip()) == unicodedata.normalize("NFKC", reference.strip())
 
 
 def bigram_counts(ids):
@@ -122,6 +141,33 @@ def decode_speed(model, tokenizer, new_tokens=100, repeats=3):
     return best
 
 
+def fresh_process_load_seconds(folder, threads=2):
+    """Wall time of a new interpreter that imports torch, transformers and this package and loads the
+    checkpoint (imports included), and of the from_pretrained calls alone."""
+    import subprocess
+
+    code = (
+        "import time; t0 = time.perf_counter()\n"
+        "import torch, sys\n"
+        f"torch.set_num_threads({threads})\n"
+        f"sys.path.insert(0, {ROOT!r})\n"
+        "import chatglm\n"
+        "from transformers import AutoModel, AutoTokenizer\n"
+        "t1 = time.perf_counter()\n"
+        f"tok = AutoTokenizer.from_pretrained({os.path.abspath(folder)!r})\n"
+        f"model = AutoModel.from_pretrained({os.path.abspath(folder)!r})\n"
+        "t2 = time.perf_counter()\n"
+        "print(f'LOAD {t2 - t0:.3f} {t2 - t1:.3f}')\n"
+    )
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    for line in out.stdout.splitlines():
+        if line.startswith("LOAD "):
+            total, load = line.split()[1:]
+            return float(total), float(load)
+    raise RuntimeError(out.stderr[-2000:])
+
+
 def folder_size(folder):
     return sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder)
                if os.path.isfile(os.path.join(folder, f)))
@@ -159,12 +205,15 @@ def run(folder, dev_path, train_path, threads=2, limit=None, verbose=False):
         ok_nonempty = bool(response.strip())
         ok_lang = language_ok(row["prompt"], response)
         ok_degen = not degenerate(ids, ref_ids, finished)
-        exact = response.strip() == row["response"].strip()
+        exact = same_text(response, row["response"])
         checks["nonempty"] += ok_nonempty
         checks["language"] += ok_lang
         checks["not_degenerate"] += ok_degen
         checks["good"] += ok_nonempty and ok_lang and ok_degen
         checks["exact"] += exact
+        cat = category(row["response"])
+        checks[f"n_cat_{cat}"] += 1
+        checks[f"exact_cat_{cat}"] += exact
         lang = "zh" if is_chinese(row["prompt"]) else "en"
         checks[f"n_{lang}"] += 1
         checks[f"good_{lang}"] += ok_nonempty and ok_lang and ok_degen
@@ -176,15 +225,18 @@ def run(folder, dev_path, train_path, threads=2, limit=None, verbose=False):
     n = len(dev_rows)
 
     repo = repo_prompts(train_rows)
+    if limit:
+        repo = repo[:limit]
     repo_exact, repo_fail = 0, []
     for row in repo:
         response, _, _ = greedy(model, tokenizer, row["prompt"], [])
-        if response.strip() == row["response"].strip():
+        if same_text(response, row["response"]):
             repo_exact += 1
         elif len(repo_fail) < 8:
             repo_fail.append({"prompt": row["prompt"], "answer": response, "reference": row["response"]})
 
     speed = decode_speed(model, tokenizer)
+    fresh_total, fresh_load = fresh_process_load_seconds(folder, threads)
     config = model.config
     return {
         "folder": os.path.relpath(os.path.abspath(folder), ROOT),
@@ -201,11 +253,17 @@ def run(folder, dev_path, train_path, threads=2, limit=None, verbose=False):
         "language_rate": round(checks["language"] / n, 4),
         "not_degenerate_rate": round(checks["not_degenerate"] / n, 4),
         "dev_exact_match_rate": round(checks["exact"] / n, 4),
+        "dev_exact_match_by_kind": {
+            cat: {"rows": checks[f"n_cat_{cat}"],
+                  "exact": round(checks[f"exact_cat_{cat}"] / max(1, checks[f"n_cat_{cat}"]), 4)}
+            for cat in ("fixed", "translation", "arithmetic_units", "name_memory")},
         "repo_prompts": len(repo),
         "repo_exact_match_rate": round(repo_exact / max(1, len(repo)), 4),
         "repo_failures": repo_fail,
         "samples": samples[:12],
         "load_seconds": round(load_s, 2),
+        "fresh_process_load_seconds": round(fresh_load, 2),
+        "fresh_process_seconds_with_imports": round(fresh_total, 2),
         "decode_tokens_per_s": round(speed, 1),
         "threads": threads,
         "folder_bytes": folder_size(folder),
@@ -218,7 +276,7 @@ def main():
     ap.add_argument("--dev", default=os.path.join(HERE, "data", "dev.jsonl"))
     ap.add_argument("--train", default=os.path.join(HERE, "data", "train.jsonl"))
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--limit", type=int, default=None, help="only the first N held-out rows")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N held-out rows (and N repository prompts)")
     ap.add_argument("--verbose", action="store_true", help="print every held-out answer")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()

@@ -31,6 +31,10 @@ def render(train, ev):
         for s in ev["samples"][:8]
     )
     mb = ev["folder_bytes"] / 1e6
+    names = {"fixed": "fixed-answer intents", "translation": "translations", "arithmetic_units": "arithmetic and units",
+             "name_memory": "remembering a name"}
+    kinds = ", ".join(f"{names[k]} {_pct(v['exact'])} of {v['rows']}"
+                      for k, v in (ev.get("dev_exact_match_by_kind") or {}).items() if v["rows"])
     return f"""---
 license: apache-2.0
 language:
@@ -116,14 +120,17 @@ From scratch, {train['steps']} steps over {args['epochs']} epochs, length-bucket
 | held-out loss per answer token | {ev['dev_loss_per_token']} (perplexity {ev['dev_perplexity']}) |
 | good answers (non-empty, in the prompt's language, not degenerate) | **{_pct(ev['quality_rate'])}** (Chinese {_pct(ev['quality_rate_zh'])}, English {_pct(ev['quality_rate_en'])}) |
 | ... non-empty / right language / not degenerate | {_pct(ev['nonempty_rate'])} / {_pct(ev['language_rate'])} / {_pct(ev['not_degenerate_rate'])} |
-| held-out answers identical to the reference | {_pct(ev['dev_exact_match_rate'])} |
+| held-out answers identical to the reference | {_pct(ev['dev_exact_match_rate'])} ({kinds}) |
 | training prompts about this repository answered exactly as trained | {_pct(ev['repo_exact_match_rate'])} of {ev['repo_prompts']} |
 | greedy decoding speed, batch 1, fp32, {ev['threads']} threads | {ev['decode_tokens_per_s']} tokens/s |
-| load time (tokenizer + model) | {ev['load_seconds']} s |
+| load time (tokenizer + model, `from_pretrained` calls) | {ev.get('fresh_process_load_seconds', ev['load_seconds'])} s in a fresh process ({ev.get('fresh_process_seconds_with_imports', '?')} s including the imports of torch and transformers) |
 
 "Not degenerate" means the answer ended with `<eop>` within 160 tokens and repeats no token bigram more than 4
 times (beyond what the reference answer itself does); "right language" means a Chinese prompt got at least two
-CJK characters and an English prompt an answer that is mostly Latin letters.
+CJK characters and an English prompt an answer that is mostly Latin letters. These check the form of an
+answer, not its truth: see the exact-match rates for correctness. The fixed-answer intents (greetings, identity,
+this repository, advice, code) are answered well; computed answers (arithmetic, unit conversions) and word-level
+translations are mostly wrong in their details.
 
 Some held-out answers:
 
@@ -133,10 +140,11 @@ Some held-out answers:
 
 ## Limitations
 
-- A toy: a few million parameters trained for half an hour on a few thousand conversations. Outside those
-  topics it produces fluent-looking but wrong or irrelevant text.
-- Arithmetic beyond the trained patterns is unreliable (it imitates the form of the answers; the numbers are
-  often wrong); translations cover only the words it was trained on.
+- A toy: a few million parameters trained for {train['train_minutes']} minutes on a few thousand conversations.
+  Outside those topics it produces fluent-looking but wrong or irrelevant text, and even on them it sometimes
+  answers a neighbouring question.
+- Arithmetic and unit conversions are unreliable: it imitates the form of the answers, the numbers are often
+  wrong. Translations cover only the words it was trained on and often pick the wrong word.
 - It knows nothing about the world after or beyond its corpus, and it cannot follow long conversations.
 - Do not use it for anything that matters. Use `THUDM/chatglm-6b`.
 
