@@ -202,14 +202,17 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         self.layers = nn.ModuleList(GLMBlock(config, i) for i in range(config.num_layers))
         self.final_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
         if config.pre_seq_len is not None:
-            # P-Tuning v2 trains the prefix only.
-            for param in self.parameters():
-                param.requires_grad = False
             self.prefix_encoder = PrefixEncoder(config)
             self.prefix_dropout = nn.Dropout(0.1)
+            self.freeze_all_but_prefix()
         if config.quantization_bit:
             quantize_model(self, config.quantization_bit, empty=True)
         self.post_init()
+
+    def freeze_all_but_prefix(self):
+        """P-Tuning v2 trains the prefix encoder only."""
+        for name, param in self.named_parameters():
+            param.requires_grad = name.startswith("prefix_encoder.")
 
     def get_input_embeddings(self):
         return self.word_embeddings
@@ -405,6 +408,13 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         if self.generation_config.top_k is None:
             self.generation_config.top_k = 50  # the original's transformers default
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        model = super().from_pretrained(*args, **kwargs)
+        if model.config.pre_seq_len is not None:
+            model.transformer.freeze_all_but_prefix()  # loading re-creates the parameters as trainable
+        return model
 
     def get_output_embeddings(self):
         return self.lm_head

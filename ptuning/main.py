@@ -150,13 +150,6 @@ def main(argv=None):
             model.transformer.prefix_encoder.float()
         else:
             model = model.float()  # on CPU fp16 training is not sensible: keep fp32
-        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
-        frozen_leaks = [n for n in trainable if not n.startswith("transformer.prefix_encoder.")]
-        if frozen_leaks:
-            # from_pretrained in transformers 5 re-creates the loaded parameters as trainable
-            logger.info("P-Tuning: freezing %d parameters outside the prefix encoder", len(frozen_leaks))
-            for n, p in model.named_parameters():
-                p.requires_grad_(n.startswith("transformer.prefix_encoder."))
     else:
         model = model.float()
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)

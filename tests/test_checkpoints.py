@@ -213,6 +213,14 @@ def test_ptuning_prefix_trains_alone_with_gradient_checkpointing(model, tokenize
         assert isinstance(response, str)
 
 
+def test_loading_with_a_prefix_keeps_the_base_frozen(tiny_checkpoint):
+    config = ChatGLMConfig.from_pretrained(tiny_checkpoint)
+    config.pre_seq_len = 4
+    loaded = AutoModel.from_pretrained(tiny_checkpoint, config=config)
+    trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable == {"transformer.prefix_encoder.embedding.weight"}
+
+
 def test_one_dimensional_positions_and_cache_consistency(model, tokenizer):
     config = small_config(tokenizer, position_encoding_2d=False)
     torch.manual_seed(1)
