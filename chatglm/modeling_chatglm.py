@@ -389,12 +389,15 @@ def process_response(response):
     return response
 
 
-def build_prompt(query, history):
-    """The chat prompt: the bare query, or `[Round i]\\n问：q\\n答：a\\n` per past round first."""
-    if not history:
-        return query
+def format_rounds(query, history):
+    """`[Round i]\\n问：q\\n答：a\\n` for every past round, then the current round awaiting its answer."""
     prompt = "".join(f"[Round {i}]\n问：{q}\n答：{a}\n" for i, (q, a) in enumerate(history))
     return prompt + f"[Round {len(history)}]\n问：{query}\n答："
+
+
+def build_prompt(query, history):
+    """The chat prompt: the bare query when there is no history, else the rounds."""
+    return format_rounds(query, history) if history else query
 
 
 class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):

@@ -12,7 +12,7 @@ VOCAB_FILE = "ice_text.model"
 MAX_BLANK = 80  # runs of 2..80 spaces have their own pieces
 
 
-def _encode_whitespace(text):
+def encode_whitespace(text):
     """Turn newlines, tabs and runs of spaces into the dedicated pieces (longest run first)."""
     text = text.replace("\n", "<n>").replace("\t", "<|tab|>")
     for n in range(MAX_BLANK, 1, -1):
@@ -23,7 +23,7 @@ def _encode_whitespace(text):
 _WHITESPACE_PIECE = re.compile(r"<n>|<\|tab\|>|<\|blank_(\d+)\|>")
 
 
-def _decode_whitespace(text):
+def decode_whitespace(text):
     def restore(match):
         if match.group(0) == "<n>":
             return "\n"
@@ -143,7 +143,7 @@ class ChatGLMTokenizer(PreTrainedTokenizer):
             text = " ".join(text.strip().split())
         if self.do_lower_case:
             text = text.lower()
-        return self.sp.encode(_encode_whitespace(text), out_type=str)
+        return self.sp.encode(encode_whitespace(text), out_type=str)
 
     def build_inputs_with_special_tokens(self, token_ids_0, token_ids_1=None):
         """GLM puts its special tokens at the end: `a [gMASK] <sop>` and `a [gMASK] <sop> b <eop>`."""
@@ -165,13 +165,13 @@ class ChatGLMTokenizer(PreTrainedTokenizer):
             if not 0 <= i < self.vocab_size:
                 raise IndexError(f"token id {i} is out of range for this tokenizer (vocabulary size {self.vocab_size})")
         text = self.sp.decode([i - self.num_image_tokens for i in ids if i >= self.num_image_tokens])
-        text = _decode_whitespace(text)
+        text = decode_whitespace(text)
         if clean_up_tokenization_spaces is None:
             clean_up_tokenization_spaces = self.clean_up_tokenization_spaces
         return self.clean_up_tokenization(text) if clean_up_tokenization_spaces else text
 
     def convert_tokens_to_string(self, tokens):
-        return _decode_whitespace(self.sp.decode_pieces(tokens))
+        return decode_whitespace(self.sp.decode_pieces(tokens))
 
     # --- padding ----------------------------------------------------------------------------
 

@@ -22,12 +22,17 @@ Usage:
 import argparse
 import json
 import os
+import sys
 import tempfile
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from chatglm.modeling_chatglm import build_prompt  # noqa: E402
+from chatglm.tokenization_chatglm import encode_whitespace  # noqa: E402
 
 CONTROL = ["[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>"]
 TAB = "<|tab|>"
@@ -37,30 +42,13 @@ NEWLINE = "<n>"
 NUM_SPECIAL = 4 + 1 + len(CONTROL) + 1 + len(BLANKS) + 256
 
 
-def preprocess(text):
-    """The text transformation ChatGLMTokenizer applies before SentencePiece."""
-    text = text.replace("\n", NEWLINE).replace("\t", TAB)
-    for i in range(80, 1, -1):
-        text = text.replace(" " * i, f"<|blank_{i}|>")
-    return text
-
-
-def chat_prompt(query, history):
-    if not history:
-        return query
-    prompt = ""
-    for i, (q, r) in enumerate(history):
-        prompt += f"[Round {i}]\n问：{q}\n答：{r}\n"
-    return prompt + f"[Round {len(history)}]\n问：{query}\n答："
-
-
 def corpus_lines(paths):
     for path in paths:
         with open(path, encoding="utf-8") as f:
             for line in f:
                 row = json.loads(line)
-                yield preprocess(chat_prompt(row["prompt"], row["history"]))
-                yield preprocess(row["response"])
+                yield encode_whitespace(build_prompt(row["prompt"], row["history"]))
+                yield encode_whitespace(row["response"])
 
 
 def relayout(proto):

@@ -24,6 +24,8 @@ import os
 
 import torch
 
+from chatglm.modeling_chatglm import format_rounds
+
 
 class DataFileError(ValueError):
     """A data file that cannot be used; the message names the file, the line and the problem."""
@@ -116,11 +118,8 @@ def read_data_file(path, prompt_column, response_column, history_column=None):
 
 
 def chat_prompt(query, history):
-    """The chat prompt with history rounds (as model.chat builds it when the history is non-empty)."""
-    text = ""
-    for i, (old_query, answer) in enumerate(history):
-        text += f"[Round {i}]\n问：{old_query}\n答：{answer}\n"
-    return text + f"[Round {len(history)}]\n问：{query}\n答："
+    """The chat prompt with history rounds; training uses it even when the history is empty (as the original)."""
+    return format_rounds(query, history)
 
 
 def special_ids(tokenizer):

@@ -158,40 +158,29 @@ def main(argv=None):
 
     # ---- preprocessing ----
     train_fn, eval_fn = make_preprocessors(tokenizer, data_args)
-    train_dataset = eval_dataset = predict_dataset = None
     eval_style_fn = eval_fn if training_args.predict_with_generate else train_fn
-    if training_args.do_train:
-        train_dataset = raw["train"]
-        if data_args.max_train_samples is not None:
-            train_dataset = train_dataset.select(range(min(len(train_dataset), data_args.max_train_samples)))
-        with training_args.main_process_first(desc="train dataset map pre-processing"):
-            train_dataset = train_dataset.map(train_fn, batched=True, num_proc=data_args.preprocessing_num_workers,
-                                              remove_columns=train_dataset.column_names,
-                                              load_from_cache_file=not data_args.overwrite_cache,
-                                              desc="Running tokenizer on train dataset")
-        if len(train_dataset) == 0:
-            _fail(f"{data_args.train_file}: no usable training rows (every prompt or answer is empty)")
-        print_dataset_example(tokenizer, train_dataset[0])
-    if training_args.do_eval:
-        eval_dataset = raw["validation"]
-        if data_args.max_eval_samples is not None:
-            eval_dataset = eval_dataset.select(range(min(len(eval_dataset), data_args.max_eval_samples)))
-        with training_args.main_process_first(desc="validation dataset map pre-processing"):
-            eval_dataset = eval_dataset.map(eval_style_fn, batched=True, num_proc=data_args.preprocessing_num_workers,
-                                            remove_columns=eval_dataset.column_names,
-                                            load_from_cache_file=not data_args.overwrite_cache,
-                                            desc="Running tokenizer on validation dataset")
-        print_dataset_example(tokenizer, eval_dataset[0])
-    if training_args.do_predict:
-        predict_dataset = raw["test"]
-        if data_args.max_predict_samples is not None:
-            predict_dataset = predict_dataset.select(range(min(len(predict_dataset), data_args.max_predict_samples)))
-        with training_args.main_process_first(desc="prediction dataset map pre-processing"):
-            predict_dataset = predict_dataset.map(eval_style_fn, batched=True, num_proc=data_args.preprocessing_num_workers,
-                                                  remove_columns=predict_dataset.column_names,
-                                                  load_from_cache_file=not data_args.overwrite_cache,
-                                                  desc="Running tokenizer on prediction dataset")
-        print_dataset_example(tokenizer, predict_dataset[0])
+
+    def preprocess(split, max_samples, fn):
+        dataset = raw[split]
+        if max_samples is not None:
+            dataset = dataset.select(range(min(len(dataset), max_samples)))
+        with training_args.main_process_first(desc=f"{split} dataset map pre-processing"):
+            dataset = dataset.map(fn, batched=True, num_proc=data_args.preprocessing_num_workers,
+                                  remove_columns=dataset.column_names,
+                                  load_from_cache_file=not data_args.overwrite_cache,
+                                  desc=f"Running tokenizer on {split} dataset")
+        if len(dataset) == 0:
+            source = {"train": data_args.train_file, "validation": data_args.validation_file,
+                      "test": data_args.test_file}[split]
+            _fail(f"{source}: no usable rows (every prompt or answer is empty)")
+        print_dataset_example(tokenizer, dataset[0])
+        return dataset
+
+    train_dataset = preprocess("train", data_args.max_train_samples, train_fn) if training_args.do_train else None
+    eval_dataset = preprocess("validation", data_args.max_eval_samples, eval_style_fn) \
+        if training_args.do_eval else None
+    predict_dataset = preprocess("test", data_args.max_predict_samples, eval_style_fn) \
+        if training_args.do_predict else None
 
     label_pad = -100 if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id
     collator = ChatGLMCollator(tokenizer, label_pad_token_id=label_pad)
