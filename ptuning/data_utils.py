@@ -170,24 +170,22 @@ def make_preprocessors(tokenizer, data_args):
                 prompt = chat_prompt(query, history or [])
             yield prefix + prompt, answer
 
-    def train_fn(examples):
-        out = {"input_ids": [], "labels": []}
-        for prompt, answer in rows(examples, True):
-            ids, labels = build_train_features(tokenizer, prompt, answer, data_args.max_source_length,
-                                               data_args.max_target_length, data_args.ignore_pad_token_for_loss)
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-        return out
+    def make_features_fn(training):
+        build = build_train_features if training else build_eval_features
+        max_target = data_args.max_target_length if training else data_args.val_max_target_length
 
-    def eval_fn(examples):
-        out = {"input_ids": [], "labels": []}
-        for prompt, answer in rows(examples, False):
-            ids, labels = build_eval_features(tokenizer, prompt, answer, data_args.max_source_length,
-                                              data_args.val_max_target_length, data_args.ignore_pad_token_for_loss)
-            out["input_ids"].append(ids)
-            out["labels"].append(labels)
-        return out
+        def features(examples):
+            out = {"input_ids": [], "labels": []}
+            for prompt, answer in rows(examples, training):
+                ids, labels = build(tokenizer, prompt, answer, data_args.max_source_length, max_target,
+                                    data_args.ignore_pad_token_for_loss)
+                out["input_ids"].append(ids)
+                out["labels"].append(labels)
+            return out
 
+        return features
+
+    train_fn, eval_fn = make_features_fn(True), make_features_fn(False)
     return train_fn, eval_fn
 
 
