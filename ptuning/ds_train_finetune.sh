@@ -5,15 +5,13 @@
 # Without DeepSpeed, the same run with torchrun (CPU: add --use_cpu --ddp_backend gloo, drop --fp16):
 #   torchrun --nproc_per_node 2 ptuning/main.py --do_train ... (see ptuning/README.md)
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-abs() { if [ -e "$1" ]; then (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); else echo "$1"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 
 LR=${LR:-1e-4}
 MODEL=$(abs "${MODEL:-THUDM/chatglm-6b}")
 TRAIN_FILE=$(abs "${TRAIN_FILE:-$here/AdvertiseGen/train.json}")
 TEST_FILE=$(abs "${TEST_FILE:-$here/AdvertiseGen/dev.json}")
-OUTPUT_DIR=${OUTPUT_DIR:-$here/output/adgen-chatglm-6b-ft-$LR}
-case "$OUTPUT_DIR" in /*) ;; *) OUTPUT_DIR="$PWD/$OUTPUT_DIR";; esac
+OUTPUT_DIR=$(out_dir "${OUTPUT_DIR:-$here/output/adgen-chatglm-6b-ft-$LR}")
 MASTER_PORT=${MASTER_PORT:-$(shuf -n 1 -i 10000-65535)}
 
 cd "$here"

@@ -6,8 +6,7 @@
 #   PRE_SEQ_LEN QUANTIZATION_BIT (empty: none) MAX_SOURCE_LENGTH MAX_TARGET_LENGTH
 # Extra arguments go to main.py, e.g.  bash ptuning/evaluate.sh --use_cpu --max_predict_samples 50
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-abs() { if [ -e "$1" ]; then (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); else echo "$1"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 
 PRE_SEQ_LEN=${PRE_SEQ_LEN:-128}
 CHECKPOINT=${CHECKPOINT:-adgen-chatglm-6b-pt-128-2e-2}
@@ -15,8 +14,7 @@ STEP=${STEP:-3000}
 MODEL=$(abs "${MODEL:-THUDM/chatglm-6b}")
 TEST_FILE=$(abs "${TEST_FILE:-$here/AdvertiseGen/dev.json}")
 CHECKPOINT_DIR=$(abs "${CHECKPOINT_DIR:-$here/output/$CHECKPOINT/checkpoint-$STEP}")
-OUTPUT_DIR=${OUTPUT_DIR:-$here/output/$CHECKPOINT}
-case "$OUTPUT_DIR" in /*) ;; *) OUTPUT_DIR="$PWD/$OUTPUT_DIR";; esac
+OUTPUT_DIR=$(out_dir "${OUTPUT_DIR:-$here/output/$CHECKPOINT}")
 QUANTIZATION_BIT=${QUANTIZATION_BIT-4}
 
 cd "$here"

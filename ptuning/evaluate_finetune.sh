@@ -5,15 +5,13 @@
 #   MAX_SOURCE_LENGTH MAX_TARGET_LENGTH
 # On CPU pass --use_cpu and drop fp16:  bash ptuning/evaluate_finetune.sh --use_cpu --fp16_full_eval false
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-abs() { if [ -e "$1" ]; then (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); else echo "$1"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 
 CHECKPOINT=${CHECKPOINT:-adgen-chatglm-6b-ft-1e-4}
 STEP=${STEP:-3000}
 CHECKPOINT_DIR=$(abs "${CHECKPOINT_DIR:-$here/output/$CHECKPOINT/checkpoint-$STEP}")
 TEST_FILE=$(abs "${TEST_FILE:-$here/AdvertiseGen/dev.json}")
-OUTPUT_DIR=${OUTPUT_DIR:-$here/output/$CHECKPOINT}
-case "$OUTPUT_DIR" in /*) ;; *) OUTPUT_DIR="$PWD/$OUTPUT_DIR";; esac
+OUTPUT_DIR=$(out_dir "${OUTPUT_DIR:-$here/output/$CHECKPOINT}")
 
 cd "$here"
 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} python3 main.py \

@@ -6,16 +6,14 @@
 #   MAX_SOURCE_LENGTH MAX_TARGET_LENGTH BATCH_SIZE GRAD_ACCUM
 # Extra arguments go to main.py, e.g.  bash ptuning/train.sh --use_cpu --max_train_samples 200
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-abs() { if [ -e "$1" ]; then (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); else echo "$1"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 
 PRE_SEQ_LEN=${PRE_SEQ_LEN:-128}
 LR=${LR:-2e-2}
 MODEL=$(abs "${MODEL:-THUDM/chatglm-6b}")
 TRAIN_FILE=$(abs "${TRAIN_FILE:-$here/AdvertiseGen/train.json}")
 VALIDATION_FILE=$(abs "${VALIDATION_FILE:-$here/AdvertiseGen/dev.json}")
-OUTPUT_DIR=${OUTPUT_DIR:-$here/output/adgen-chatglm-6b-pt-$PRE_SEQ_LEN-$LR}
-case "$OUTPUT_DIR" in /*) ;; *) OUTPUT_DIR="$PWD/$OUTPUT_DIR";; esac
+OUTPUT_DIR=$(out_dir "${OUTPUT_DIR:-$here/output/adgen-chatglm-6b-pt-$PRE_SEQ_LEN-$LR}")
 QUANTIZATION_BIT=${QUANTIZATION_BIT-4}
 
 cd "$here"

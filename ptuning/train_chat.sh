@@ -5,16 +5,14 @@
 #   QUANTIZATION_BIT (empty: none) MAX_SOURCE_LENGTH MAX_TARGET_LENGTH BATCH_SIZE GRAD_ACCUM
 # Defaults: the bundled chat sample (ptuning/data/chat_sample) and the real ChatGLM-6B.
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-abs() { if [ -e "$1" ]; then (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); else echo "$1"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 
 PRE_SEQ_LEN=${PRE_SEQ_LEN:-8}
 LR=${LR:-1e-2}
 MODEL=$(abs "${MODEL:-THUDM/chatglm-6b}")
 CHAT_TRAIN_DATA=$(abs "${CHAT_TRAIN_DATA:-$here/data/chat_sample/train.json}")
 CHAT_VAL_DATA=$(abs "${CHAT_VAL_DATA:-$here/data/chat_sample/dev.json}")
-CHECKPOINT_NAME=${CHECKPOINT_NAME:-$here/output/chat-chatglm-6b-pt-$PRE_SEQ_LEN-$LR}
-case "$CHECKPOINT_NAME" in /*) ;; *) CHECKPOINT_NAME="$PWD/$CHECKPOINT_NAME";; esac
+CHECKPOINT_NAME=$(out_dir "${CHECKPOINT_NAME:-$here/output/chat-chatglm-6b-pt-$PRE_SEQ_LEN-$LR}")
 QUANTIZATION_BIT=${QUANTIZATION_BIT-4}
 
 cd "$here"

@@ -4,8 +4,7 @@
 #   MODEL CHECKPOINT_DIR PRE_SEQ_LEN
 # Extra arguments go to web_demo.py, e.g.  bash ptuning/web_demo.sh --port 7861 --device cpu
 set -euo pipefail
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-abs() { if [ -e "$1" ]; then (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); else echo "$1"; fi; }
+source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 
 PRE_SEQ_LEN=${PRE_SEQ_LEN:-128}
 MODEL=$(abs "${MODEL:-THUDM/chatglm-6b}")
