@@ -307,7 +307,6 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         use_cache=None,
         output_attentions=False,
         output_hidden_states=False,
-        return_dict=True,
         past_key_values=None,
         **kwargs,
     ):
@@ -435,7 +434,6 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         use_cache=None,
         output_attentions=False,
         output_hidden_states=False,
-        return_dict=True,
         past_key_values=None,
         **kwargs,
     ):

@@ -113,9 +113,8 @@ def load(folder, threads=2):
 def greedy(model, tokenizer, prompt, history, max_new=160):
     """Greedy chat answer plus its raw ids and whether it ended with <eop>."""
     text = demo_train.build_prompt(prompt, history)
-    n_prompt = len(tokenizer(text)["input_ids"])
-    max_length = min(model.config.max_sequence_length, n_prompt + max_new)
     inputs = tokenizer([text], return_tensors="pt")
+    max_length = min(model.config.max_sequence_length, inputs["input_ids"].shape[1] + max_new)
     out = model.generate(**inputs, max_length=max_length, do_sample=False)
     new = out[0, inputs["input_ids"].shape[1]:].tolist()
     eop = model.config.eos_token_id

@@ -241,7 +241,7 @@ def test_one_dimensional_positions_and_cache_consistency(model, tokenizer):
         cache = out.cache
         steps.append(out.logits[0, -1])
     assert torch.stack(steps).argmax(-1).tolist() == greedy[0, ids.shape[1] :].tolist()
-    assert full.shape[0] == len(steps)
+    assert torch.allclose(full, torch.stack(steps), atol=1e-4)  # cached steps equal one uncached pass
 
 
 def test_export_is_self_contained(model, tokenizer, tmp_path):
