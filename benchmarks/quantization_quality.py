@@ -4,7 +4,7 @@ For each prompt the fp32 model writes a greedy continuation; the quantized model
 tokens (teacher forcing) and we count the positions where its top-1 token equals fp32's.
 
     python benchmarks/quantization_quality.py                          # bundled demo checkpoint
-    python benchmarks/quantization_quality.py --model ../shared/reference/model_A --tokenizer ../shared/reference/tokenizer
+    python benchmarks/quantization_quality.py --model tests/goldens/model_A --tokenizer tests/goldens/tokenizer
 """
 
 import argparse

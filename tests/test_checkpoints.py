@@ -15,7 +15,7 @@ import chatglm
 from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
 from chatglm.export import export_checkpoint
 from chatglm.quantization import QuantizedLinear, quantize_weight, unpack_int4
-from conftest import REFERENCE_DIR
+from conftest import GOLDENS_DIR
 
 
 def small_config(tokenizer, **overrides):
@@ -42,9 +42,8 @@ def same_state(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-@pytest.mark.skipif(not (REFERENCE_DIR / "real_6b_keys.json").is_file(), reason="GOLDEN TEST SKIPPED: no real_6b_keys.json")
 def test_real_config_has_the_real_parameter_names_and_shapes():
-    real = json.loads((REFERENCE_DIR / "real_6b_keys.json").read_text())
+    real = json.loads((GOLDENS_DIR / "real_6b_keys.json").read_text())
     config = ChatGLMConfig(**{k: v for k, v in real["config"].items() if not k.startswith("_")})
     with torch.device("meta"):
         model = ChatGLMForConditionalGeneration(config)
@@ -97,10 +96,7 @@ def test_checkpoint_inv_freq_and_stale_lm_head_are_ignored(model, tmp_path):
 
 def test_quantize_matches_the_original_scheme_bit_for_bit():
     """int8 weights and scales of model_A's first layer, computed the original way (fp16 math)."""
-    source = REFERENCE_DIR / "model_A"
-    if not source.is_dir():
-        pytest.skip("GOLDEN TEST SKIPPED: ../shared/reference/model_A is not present")
-    model = AutoModel.from_pretrained(source, dtype=torch.float32)
+    model = AutoModel.from_pretrained(GOLDENS_DIR / "model_A", dtype=torch.float32)
     weights = {name: getattr(model.transformer.layers[0].attention, name).weight.detach().clone()
                for name in ("query_key_value", "dense")}
     model.quantize(8)

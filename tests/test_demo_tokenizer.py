@@ -1,9 +1,13 @@
 """The bundled demo tokenizer `chatglm-demo/ice_text.model` has the layout of the real ice_text.model
-(REFERENCE.md section 2), checked with sentencepiece directly and through ChatGLMTokenizer."""
+(special pieces, whitespace pieces, byte fallback), checked with sentencepiece directly and through
+ChatGLMTokenizer."""
 
 from pathlib import Path
 
 import pytest
+import sentencepiece as spm
+
+import chatglm
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILE = REPO_ROOT / "chatglm-demo" / "ice_text.model"
@@ -11,9 +15,6 @@ MODEL_FILE = REPO_ROOT / "chatglm-demo" / "ice_text.model"
 CONTROL = ["[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>"]
 USER = ["<|tab|>"] + [f"<|blank_{i}|>" for i in range(2, 81)]
 
-spm = pytest.importorskip("sentencepiece")
-if not MODEL_FILE.is_file():
-    pytest.skip(f"{MODEL_FILE} is not there yet", allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,6 @@ def test_sentencepiece_behaviour(sp):
 
 
 def test_through_chatglm_tokenizer(sp):
-    chatglm = pytest.importorskip("chatglm")
     tok = chatglm.ChatGLMTokenizer(vocab_file=str(MODEL_FILE))
     assert tok.vocab_size == sp.get_piece_size()
     ids = lambda text: tok.encode(text, add_special_tokens=False)  # noqa: E731

@@ -44,7 +44,7 @@ def test_dtype_and_quantize(tiny_checkpoint):
         assert isinstance(response, str)
 
 
-def test_bundled_checkpoint_is_the_default(demo_checkpoint, capsys):
+def test_bundled_checkpoint_is_the_default(capsys):
     tokenizer, model = load_model_and_tokenizer(parse("--device", "cpu"))
     err = capsys.readouterr().err
     hint = [line for line in err.splitlines() if "--model THUDM/chatglm-6b" in line]

@@ -10,31 +10,26 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PTUNING = REPO_ROOT / "ptuning"
-REFERENCE = REPO_ROOT.parent / "shared" / "reference"
 sys.path.insert(0, str(PTUNING))
 
 import data_utils  # noqa: E402
 import metrics  # noqa: E402
+from conftest import GOLDENS_DIR  # noqa: E402
 
-# ids of the reference tokenizer (../shared/reference/README.md)
+# ids of the goldens' tokenizer (tests/goldens/README.md)
 GMASK, SOP, EOP, PAD = 9967, 9970, 9971, 3
 
 
 @pytest.fixture(scope="module")
 def tok():
-    if not (REFERENCE / "tokenizer" / "ice_text.model").is_file():
-        pytest.skip("reference tokenizer not available")
     import chatglm
 
-    return chatglm.ChatGLMTokenizer.from_pretrained(str(REFERENCE / "tokenizer"))
+    return chatglm.ChatGLMTokenizer.from_pretrained(str(GOLDENS_DIR / "tokenizer"))
 
 
 @pytest.fixture(scope="module")
 def golden():
-    path = REFERENCE / "tokenizer_golden.json"
-    if not path.is_file():
-        pytest.skip("reference goldens not available")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads((GOLDENS_DIR / "tokenizer_golden.json").read_text(encoding="utf-8"))
 
 
 def data_args(**kw):

@@ -21,21 +21,13 @@ ADGEN = PTUNING / "data" / "AdvertiseGen_sample"
 CHAT = PTUNING / "data" / "chat_sample"
 sys.path.insert(0, str(PTUNING))
 
-# The model the runs use: the bundled demo checkpoint when it is there, else conftest's random tiny model.
-# Set to False to always use the tiny stand-in.
-PREFER_DEMO_CHECKPOINT = True
-
 SHORT = ["--max_source_length", "32", "--max_target_length", "16", "--use_cpu", "--report_to", "none",
          "--logging_steps", "1", "--seed", "0", "--dataloader_num_workers", "0"]
 
 
 @pytest.fixture(scope="module")
-def base_model(request):
-    import chatglm
-
-    if PREFER_DEMO_CHECKPOINT and (Path(chatglm.DEMO_MODEL_PATH) / "config.json").is_file():
-        return chatglm.DEMO_MODEL_PATH
-    return request.getfixturevalue("tiny_checkpoint")
+def base_model(door_checkpoint):
+    return door_checkpoint  # the bundled demo checkpoint
 
 
 def run_main(args):

@@ -15,16 +15,10 @@ PTUNING = REPO_ROOT / "ptuning"
 ADGEN = PTUNING / "data" / "AdvertiseGen_sample"
 sys.path.insert(0, str(PTUNING))
 
-PREFER_DEMO_CHECKPOINT = True  # False: always the random tiny stand-in from conftest
-
 
 @pytest.fixture(scope="module")
-def base_model(request):
-    import chatglm
-
-    if PREFER_DEMO_CHECKPOINT and (Path(chatglm.DEMO_MODEL_PATH) / "config.json").is_file():
-        return chatglm.DEMO_MODEL_PATH
-    return request.getfixturevalue("tiny_checkpoint")
+def base_model(door_checkpoint):
+    return door_checkpoint  # the bundled demo checkpoint
 
 
 @pytest.fixture(scope="module")

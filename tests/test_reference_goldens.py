@@ -1,4 +1,4 @@
-"""Our implementation against golden outputs of the original ChatGLM-6B code (../shared/reference)."""
+"""Our implementation against golden outputs of the original ChatGLM-6B code (tests/goldens)."""
 
 import json
 import math
@@ -10,12 +10,7 @@ from transformers import AutoModel, AutoTokenizer
 
 import chatglm
 from chatglm.modeling_chatglm import InvalidScoreLogitsProcessor, build_prompt, process_response
-from conftest import REFERENCE_DIR
-
-pytestmark = pytest.mark.skipif(
-    not REFERENCE_DIR.is_dir(),
-    reason=f"GOLDEN TESTS SKIPPED: {REFERENCE_DIR} (golden outputs of the original) is not present",
-)
+from conftest import GOLDENS_DIR
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办？", "Write a Python function:\ndef add(a, b):\n    return"]
 ATOL = 2e-3
@@ -23,21 +18,26 @@ ATOL = 2e-3
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(str(REFERENCE_DIR / "tokenizer"))
+    return AutoTokenizer.from_pretrained(str(GOLDENS_DIR / "tokenizer"))
 
 
 @pytest.fixture(scope="module")
 def tok_golden():
-    return json.loads((REFERENCE_DIR / "tokenizer_golden.json").read_text())
+    return json.loads((GOLDENS_DIR / "tokenizer_golden.json").read_text())
+
+
+def load_reference(name):
+    """(name, model, golden.json, golden tensors) of one golden model folder."""
+    folder = GOLDENS_DIR / name
+    model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
+    golden = json.loads((folder / "golden.json").read_text())
+    tensors = load_file(str(folder / "golden_tensors.safetensors"))
+    return name, model, golden, tensors
 
 
 @pytest.fixture(scope="module", params=["model_A", "model_B"])
 def reference(request):
-    folder = REFERENCE_DIR / request.param
-    model = AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
-    golden = json.loads((folder / "golden.json").read_text())
-    tensors = load_file(str(folder / "golden_tensors.safetensors"))
-    return request.param, model, golden, tensors
+    return load_reference(request.param)
 
 
 # --- tokenizer ---------------------------------------------------------------------------------------
@@ -183,10 +183,9 @@ def test_last_logits_without_padding_information(reference, tokenizer):
         assert (logits - tensors[f"single_{k}_last_logits"]).abs().max() < ATOL
 
 
-def test_mask_token_preference(reference, tokenizer):
-    name, model, golden, tensors = reference
-    if "model_position_ids_for_batch_with_MASK" not in golden:
-        pytest.skip(f"{name} has no [MASK] goldens")
+def test_mask_token_preference():
+    """[MASK] in a prompt takes precedence over [gMASK] (only model_A has these goldens)."""
+    name, model, golden, tensors = load_reference("model_A")
     case = golden["model_position_ids_for_batch_with_MASK"]
     ids = torch.tensor(case["input_ids"])
     assert model.transformer.get_position_ids(ids).tolist() == case["model_get_position_ids"]
@@ -280,7 +279,7 @@ def test_loss_and_model_side_masks(reference, tokenizer):
 
 def test_forward_errors_name_the_missing_token(reference):
     name, model, golden, tensors = reference
-    errors = golden.get("forward_errors") or json.loads((REFERENCE_DIR / "model_A/golden.json").read_text())[
+    errors = golden.get("forward_errors") or json.loads((GOLDENS_DIR / "model_A/golden.json").read_text())[
         "forward_errors"]
     with pytest.raises(ValueError, match="<sop>"):
         model(torch.tensor(errors["no_sop"]["input_ids"]))
@@ -294,7 +293,7 @@ def test_goldens_hold_in_reduced_precision(reference, tokenizer):
     inputs = _batch(tokenizer, golden)
     reference_last = tensors["batch_logits"][:, -1]
     for dtype in (torch.bfloat16, torch.float16):
-        low = AutoModel.from_pretrained(str(REFERENCE_DIR / name), dtype=dtype).eval()
+        low = AutoModel.from_pretrained(str(GOLDENS_DIR / name), dtype=dtype).eval()
         with torch.no_grad():
             logits = low(**inputs).logits[:, -1].float()
         assert logits.argmax(-1).tolist() == reference_last.argmax(-1).tolist(), dtype
