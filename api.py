@@ -30,8 +30,9 @@ from typing import Any, List, Optional, Tuple
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from chatglm.loader import (DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, add_model_args,
-                            add_server_args, generation_options, load_model_and_tokenizer)
+from chatglm.cli import add_model_args, add_server_args, run_script
+from chatglm.generation import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generation_options
+from chatglm.loader import load_model_and_tokenizer
 
 logger = logging.getLogger("chatglm.api")
 
@@ -198,4 +199,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -16,8 +16,9 @@ import signal
 import sys
 import time
 
-from chatglm.loader import (DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, add_model_args,
-                            generation_options, load_model_and_tokenizer)
+from chatglm.cli import add_model_args, bounded, run_script
+from chatglm.generation import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generation_options
+from chatglm.loader import load_model_and_tokenizer
 
 WELCOME = "欢迎使用 ChatGLM-6B 模型：输入内容即可对话，输入 clear 清空对话历史，输入 stop 退出程序。"
 USER_TAG = "用户："
@@ -26,28 +27,15 @@ CLEAR_SCREEN = "\033[H\033[2J\033[3J"
 REDRAW_INTERVAL_S = 0.05
 
 
-def _bounded(kind, low, high):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            noun = "whole number" if kind is int else "number"
-            raise argparse.ArgumentTypeError(f"expected a {noun}, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"expected a value from {low} to {high}, got {value}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Chat with ChatGLM-6B in the terminal.")
     add_model_args(parser)
     gen = parser.add_argument_group("generation")
-    gen.add_argument("--max-length", type=_bounded(int, 1, 1 << 20), default=DEFAULT_MAX_LENGTH,
+    gen.add_argument("--max-length", type=bounded(int, 1, 1 << 20), default=DEFAULT_MAX_LENGTH,
                      help="most tokens of prompt (with history) plus answer (default: %(default)s)")
-    gen.add_argument("--top-p", type=_bounded(float, 0.0, 1.0), default=DEFAULT_TOP_P,
+    gen.add_argument("--top-p", type=bounded(float, 0.0, 1.0), default=DEFAULT_TOP_P,
                      help="nucleus sampling top p (default: %(default)s)")
-    gen.add_argument("--temperature", type=_bounded(float, 0.0, 100.0), default=DEFAULT_TEMPERATURE,
+    gen.add_argument("--temperature", type=bounded(float, 0.0, 100.0), default=DEFAULT_TEMPERATURE,
                      help="sampling temperature; 0 means greedy decoding (default: %(default)s)")
     return parser
 
@@ -167,4 +155,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

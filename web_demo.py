@@ -9,7 +9,8 @@ The page itself is built by ``chatglm.webui.build_demo`` (shared with ``ptuning/
 
 import argparse
 
-from chatglm.loader import add_model_args, add_server_args, load_model_and_tokenizer
+from chatglm.cli import add_model_args, add_server_args, run_script
+from chatglm.loader import load_model_and_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,4 +33,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -2,16 +2,12 @@
 Auto classes, so `AutoConfig/AutoTokenizer/AutoModel.from_pretrained(folder)` use this package's code
 for any checkpoint folder in the original layout, without executing downloaded code."""
 
-import os
-
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from .configuration_chatglm import ChatGLMConfig
+from .hub import DEMO_MODEL_PATH
 from .modeling_chatglm import ChatGLMForConditionalGeneration, ChatGLMModel
 from .tokenization_chatglm import ChatGLMTokenizer
-
-# The small checkpoint trained by this repository (demo/), used by every script when no model is named.
-DEMO_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chatglm-demo")
 
 AutoConfig.register("chatglm", ChatGLMConfig, exist_ok=True)
 AutoTokenizer.register(ChatGLMConfig, slow_tokenizer_class=ChatGLMTokenizer, exist_ok=True)

@@ -2,24 +2,23 @@
 rewritten for current torch and transformers.
 
 Reading order: rotary embedding -> attention -> MLP -> block -> prefix encoder (P-Tuning v2) ->
-ChatGLMModel (masks and positions) -> ChatGLMForConditionalGeneration (LM head, generate, chat).
+ChatGLMModel (masks and positions) -> ChatGLMForConditionalGeneration (LM head, generate hooks; chat
+and streaming live in generation.py).
 Tensors are batch-first, [batch, seq, hidden]; the original was sequence-first, the numbers are the same.
 """
 
-import copy
 import math
-import re
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import DynamicCache
-from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_chatglm import ChatGLMConfig
+from .generation import chat, process_response, stream_chat, stream_generate
 from .quantization import quantize_model
 
 # The original builds every block with num_layers=28 whatever the config says, so the residual scale
@@ -367,38 +366,6 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         )
 
 
-class InvalidScoreLogitsProcessor(LogitsProcessor):
-    """If any score is NaN or inf, replace all scores so that token 5 is chosen (as the original)."""
-
-    def __call__(self, input_ids, scores):
-        if torch.isnan(scores).any() or torch.isinf(scores).any():
-            scores.zero_()
-            scores[..., 5] = 5e4
-        return scores
-
-
-def process_response(response):
-    """Clean a decoded answer like the original: strip, fill the training-date placeholder, and make
-    `, ! : ; ?` next to a CJK character full-width."""
-    response = response.strip().replace("[[训练时间]]", "2023年")
-    for half, full in ((",", "，"), ("!", "！"), (":", "："), (";", "；"), ("?", "？")):
-        mark = re.escape(half)
-        response = re.sub(rf"([\u4e00-\u9fff]){mark}", rf"\1{full}", response)
-        response = re.sub(rf"{mark}([\u4e00-\u9fff])", rf"{full}\1", response)
-    return response
-
-
-def format_rounds(query, history):
-    """`[Round i]\\n问：q\\n答：a\\n` for every past round, then the current round awaiting its answer."""
-    prompt = "".join(f"[Round {i}]\n问：{q}\n答：{a}\n" for i, (q, a) in enumerate(history))
-    return prompt + f"[Round {len(history)}]\n问：{query}\n答："
-
-
-def build_prompt(query, history):
-    """The chat prompt: the bare query when there is no history, else the rounds."""
-    return format_rounds(query, history) if history else query
-
-
 class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
     # The original ties the LM head to the embeddings; a checkpoint's own lm_head.weight is ignored.
     _tied_weights_keys = {"lm_head.weight": "transformer.word_embeddings.weight"}
@@ -505,94 +472,9 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         self.config.quantization_bit = bits
         return self
 
-    # --- chat ---
+    # --- chat: the user-facing methods, written in generation.py as functions of the model ---
 
-    def _chat_inputs(self, tokenizer, query, history, max_length):
-        """Tokenized prompt; the oldest rounds of history are dropped while the prompt would leave
-        no room to answer within max_length."""
-        history = list(history or [])
-        while True:
-            prompt = build_prompt(query, history)
-            inputs = tokenizer([prompt], return_tensors="pt")
-            if inputs["input_ids"].shape[1] < max_length or not history:
-                break
-            history = history[1:]
-        length = inputs["input_ids"].shape[1]
-        if length >= max_length:
-            raise ValueError(
-                f"the question alone is {length} tokens, which leaves no room to answer within "
-                f"max_length={max_length}: raise max_length or shorten the question"
-            )
-        return inputs.to(self.device)
-
-    def _generation_kwargs(self, max_length, do_sample, top_p, temperature, logits_processor, kwargs):
-        processors = LogitsProcessorList(logits_processor or [])
-        processors.append(InvalidScoreLogitsProcessor())
-        sampling = {"top_p": top_p, "temperature": temperature} if do_sample else {}
-        return {"max_length": max_length, "do_sample": do_sample, "logits_processor": processors, **sampling, **kwargs}
-
-    @torch.inference_mode()
-    def chat(self, tokenizer, query, history=None, max_length=2048, num_beams=1, do_sample=True, top_p=0.7,
-             temperature=0.95, logits_processor=None, **kwargs):
-        """Answer `query` given `history` [(question, answer), ...]; returns (response, new history).
-
-        When the prompt with the whole history would not fit `max_length`, the oldest rounds are
-        left out of the prompt (they stay in the returned history).
-        """
-        history = list(history or [])
-        inputs = self._chat_inputs(tokenizer, query, history, max_length)
-        gen_kwargs = self._generation_kwargs(max_length, do_sample, top_p, temperature, logits_processor, kwargs)
-        outputs = self.generate(**inputs, num_beams=num_beams, **gen_kwargs)
-        response = process_response(tokenizer.decode(outputs[0, inputs["input_ids"].shape[1] :].tolist()))
-        return response, history + [(query, response)]
-
-    @torch.inference_mode()
-    def stream_chat(self, tokenizer, query, history=None, max_length=2048, do_sample=True, top_p=0.7,
-                    temperature=0.95, logits_processor=None, **kwargs):
-        """Like `chat`, yielding (partial response, new history) after every token, the last one
-        included. Closing the generator stops generation."""
-        history = list(history or [])
-        inputs = self._chat_inputs(tokenizer, query, history, max_length)
-        gen_kwargs = self._generation_kwargs(max_length, do_sample, top_p, temperature, logits_processor, kwargs)
-        prompt_length = inputs["input_ids"].shape[1]
-        for ids in self.stream_generate(**inputs, **gen_kwargs):
-            response = process_response(tokenizer.decode(ids[0, prompt_length:].tolist()))
-            yield response, history + [(query, response)]
-
-    @torch.inference_mode()
-    def stream_generate(self, input_ids, attention_mask=None, position_ids=None, generation_config=None,
-                        logits_processor=None, stopping_criteria=None, **kwargs):
-        """Greedy or sampled decoding that yields the whole sequence [batch, seq] after every new token."""
-        config = copy.deepcopy(generation_config or self.generation_config)
-        config.update(**kwargs)
-        eos_ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-        processors = self._get_logits_processor(
-            generation_config=config,
-            input_ids_seq_length=input_ids.shape[1],
-            encoder_input_ids=input_ids,
-            prefix_allowed_tokens_fn=None,
-            logits_processor=LogitsProcessorList(logits_processor or []),
-        )
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if position_ids is None:
-            position_ids = self.transformer.get_position_ids(input_ids, attention_mask)
-        finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        step_ids, step_positions, cache = input_ids, position_ids, None
-        while input_ids.shape[1] < config.max_length:
-            outputs = self(step_ids, position_ids=step_positions, attention_mask=attention_mask, cache=cache,
-                           use_cache=True)
-            cache = outputs.cache
-            scores = processors(input_ids, outputs.logits[:, -1, :].float())
-            if config.do_sample:
-                next_tokens = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-            else:
-                next_tokens = scores.argmax(dim=-1)
-            next_tokens = torch.where(finished, config.pad_token_id, next_tokens)
-            input_ids = torch.cat((input_ids, next_tokens[:, None]), dim=-1)
-            attention_mask = torch.cat((attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)), dim=-1)
-            step_ids, step_positions = next_tokens[:, None], self.next_position_ids(step_positions)
-            finished |= torch.isin(next_tokens, torch.tensor(eos_ids, device=next_tokens.device))
-            yield input_ids
-            if finished.all() or (stopping_criteria is not None and stopping_criteria(input_ids, scores).all()):
-                break
+    chat = chat
+    stream_chat = stream_chat
+    stream_generate = stream_generate
+    process_response = staticmethod(process_response)

@@ -14,7 +14,7 @@ answers are generated at once (default 1, so one model is never used by two gene
 import html
 from typing import Iterable, List, Sequence, Tuple
 
-from .loader import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generation_options
+from .generation import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generation_options
 
 LATEX_DELIMITERS = [
     {"left": "$$", "right": "$$", "display": True},

@@ -31,7 +31,7 @@ from sentencepiece import sentencepiece_model_pb2 as model_pb2
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from chatglm.modeling_chatglm import build_prompt  # noqa: E402
+from chatglm.generation import build_prompt  # noqa: E402
 from chatglm.tokenization_chatglm import encode_whitespace  # noqa: E402
 
 CONTROL = ["[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>"]

@@ -39,7 +39,7 @@ sys.path.insert(0, HERE)
 
 import build_corpus  # noqa: E402
 import train as demo_train  # noqa: E402  (also makes the chatglm package importable)
-from chatglm.modeling_chatglm import process_response  # noqa: E402
+from chatglm.generation import process_response  # noqa: E402
 from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 # Markers of the corpus answers that explain this repository.

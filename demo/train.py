@@ -35,7 +35,7 @@ if importlib.util.find_spec("chatglm") is None:  # run from a checkout: use the 
 
 import chatglm  # noqa: E402  (registers the Auto classes)
 from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, ChatGLMTokenizer  # noqa: E402
-from chatglm.modeling_chatglm import build_prompt  # noqa: E402
+from chatglm.generation import build_prompt  # noqa: E402
 
 IGNORE = -100
 

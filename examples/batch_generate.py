@@ -7,7 +7,7 @@ import torch
 from _common import parse_args
 from transformers import AutoModel, AutoTokenizer
 
-from chatglm.modeling_chatglm import process_response  # the clean-up chat() applies to answers
+from chatglm.generation import process_response  # the clean-up chat() applies to answers
 
 args = parse_args(__doc__, max_length=64)
 tokenizer = AutoTokenizer.from_pretrained(args.model)

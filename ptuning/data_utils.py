@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from chatglm.modeling_chatglm import format_rounds
+from chatglm.generation import format_rounds
 
 
 class DataFileError(ValueError):

@@ -11,13 +11,15 @@ import os
 
 import torch
 
+from chatglm.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "transformer.prefix_encoder."
 WEIGHT_FILES = ("pytorch_model.bin", "model.safetensors", "adapter_model.bin", "adapter_model.safetensors")
 
 
-class PrefixCheckpointError(ValueError):
+class PrefixCheckpointError(UserError, ValueError):
     """A --ptuning_checkpoint that cannot be used with the model/flags given."""
 
 
@@ -122,9 +124,9 @@ def load_for_ptuning(model_args, dtype=torch.float32, cache_dir=None, token=None
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     import chatglm  # noqa: F401  (registers the chatglm model type with the Auto classes)
-    from chatglm.loader import resolve_model_path
+    from chatglm.hub import resolve_model_path
 
-    # a mistyped local folder fails here with one clear line (chatglm.loader.ModelLoadError)
+    # a mistyped local folder fails here with one clear line (chatglm.errors.ModelLoadError)
     model_args.model_name_or_path, _ = resolve_model_path(model_args.model_name_or_path)
 
     hub = {"cache_dir": cache_dir, "revision": revision}

@@ -52,16 +52,12 @@ def load_model(model_args, device="cpu"):
 def main(argv=None):
     from transformers import HfArgumentParser
 
-    from chatglm.loader import ModelLoadError, pick_device
-    from prefix import PrefixCheckpointError
+    from chatglm.loader import pick_device
 
     parser = HfArgumentParser((ModelArguments, ServerArguments))
     model_args, server_args = parser.parse_args_into_dataclasses(args=argv)
     device = pick_device(server_args.device)
-    try:
-        tokenizer, model = load_model(model_args, device)
-    except (PrefixCheckpointError, ModelLoadError) as e:
-        sys.exit(f"error: {e}")
+    tokenizer, model = load_model(model_args, device)
 
     from chatglm.webui import build_demo, launch
 
@@ -72,4 +68,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from chatglm.cli import run_script
+
+    run_script(main)

@@ -67,7 +67,7 @@ def test_batch_generate(outputs, door_model):
     with torch.no_grad():
         output = model.generate(**alone, max_length=40 - (len(tokenizer(prompts, padding=True)["input_ids"][0])
                                                           - alone["input_ids"].shape[1]), do_sample=False)
-    from chatglm.modeling_chatglm import process_response
+    from chatglm.generation import process_response
 
     expected = process_response(tokenizer.decode(output[0, alone["input_ids"].shape[1]:], skip_special_tokens=True))
     assert lines[0] == f"你好 -> {expected}"

@@ -1,4 +1,4 @@
-"""chatglm.loader: the model flags every script shares, and what users see when loading fails."""
+"""chatglm.loader and chatglm.cli: the model flags every script shares, and what users see when loading fails."""
 
 import argparse
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from chatglm import loader
-from chatglm.loader import ModelLoadError, add_model_args, load_model_and_tokenizer
+from chatglm.cli import add_model_args, bounded, run_script
+from chatglm.errors import ModelLoadError
+from chatglm.loader import load_model_and_tokenizer
 
 
 def parse(*argv):
@@ -64,11 +66,18 @@ def test_clear_one_line_errors(tmp_path, monkeypatch, make_args, words):
     with pytest.raises(ModelLoadError) as caught:
         load_model_and_tokenizer(**make_args(tmp_path))
     message = str(caught.value)
-    assert message.startswith("error: ") and "\n" not in message
+    assert "\n" not in message
     for word in words:
         assert word in message
-    # uncaught, it ends a script like sys.exit("error: ...") does: the line on stderr, exit status 1
-    assert isinstance(caught.value, SystemExit) and caught.value.code == message
+    # a plain exception for library callers; a script's run_script turns it into "error: ..." and status 1
+    assert not isinstance(caught.value, SystemExit)
+
+    def main():
+        load_model_and_tokenizer(**make_args(tmp_path))
+
+    with pytest.raises(SystemExit) as exited:
+        run_script(main)
+    assert exited.value.code == "error: " + message
 
 
 def test_broken_checkpoint_is_reported_not_raised(tmp_path):
@@ -89,3 +98,26 @@ def test_auto_device_order():
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert loader.pick_device("auto") == expected
     assert loader.pick_device("cpu") == "cpu"
+
+
+def test_bounded_numbers():
+    parse_length = bounded(int, 1, 10)
+    assert parse_length("10") == 10
+    for bad, words in (("0", "from 1 to 10"), ("1.5", "whole number"), ("x", "whole number")):
+        with pytest.raises(argparse.ArgumentTypeError, match=words):
+            parse_length(bad)
+    at_least_one = bounded(int, 1)
+    assert at_least_one("1000000") == 1000000
+    with pytest.raises(argparse.ArgumentTypeError, match="at least 1"):
+        at_least_one("0")
+    with pytest.raises(argparse.ArgumentTypeError, match="a number"):
+        bounded(float, 0.0, 1.0)("high")
+
+
+def test_run_script_passes_other_errors_through():
+    def main():
+        raise KeyError("a bug, not a user error")
+
+    with pytest.raises(KeyError):
+        run_script(main)
+    assert run_script(lambda: 7) == 7

@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
 import chatglm
-from chatglm.modeling_chatglm import InvalidScoreLogitsProcessor, build_prompt, process_response
+from chatglm.generation import InvalidScoreLogitsProcessor, build_prompt, process_response
 from conftest import GOLDENS_DIR
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办？", "Write a Python function:\ndef add(a, b):\n    return"]

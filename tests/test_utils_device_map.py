@@ -1,4 +1,5 @@
-"""utils.auto_configure_device_map against the original project's rule, and load_model_on_gpus on CPU."""
+"""utils.auto_configure_device_map against the original project's rule, and load_model_on_gpus on CPU (the
+device map goes to from_pretrained, which dispatches the model as it would over GPUs)."""
 
 from collections import Counter
 
@@ -62,14 +63,14 @@ def test_other_layer_counts():
 def test_too_few_gpus_is_a_clear_error(tiny_checkpoint):
     import torch
 
-    from chatglm.loader import ModelLoadError
+    from chatglm.errors import ModelLoadError
 
     wanted = torch.cuda.device_count() + 1
     with pytest.raises(ModelLoadError, match="CUDA device"):
         utils.load_model_on_gpus(tiny_checkpoint, num_gpus=max(wanted, 2))
 
 
-def test_cpu_device_map_gives_the_same_logits(tiny_checkpoint):
+def test_cpu_device_map_gives_the_same_logits(tiny_checkpoint, tmp_path):
     import torch
 
     import chatglm
@@ -77,9 +78,13 @@ def test_cpu_device_map_gives_the_same_logits(tiny_checkpoint):
     tokenizer = chatglm.ChatGLMTokenizer.from_pretrained(tiny_checkpoint)
     reference = chatglm.ChatGLMForConditionalGeneration.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval()
     num_layers = reference.config.num_layers
+    # the GPUs become the CPU, and the last layer is offloaded to disk so that the model is really dispatched
     device_map = {name: "cpu" for name in utils.auto_configure_device_map(2, num_layers=num_layers)}
-    split = utils.load_model_on_gpus(tiny_checkpoint, num_gpus=2, device_map=device_map, dtype=torch.float32)
+    device_map[f"transformer.layers.{num_layers - 1}"] = "disk"
+    split = utils.load_model_on_gpus(tiny_checkpoint, num_gpus=2, device_map=device_map, dtype=torch.float32,
+                                     offload_folder=str(tmp_path))
     split.eval()
+    assert split.hf_device_map == device_map
     inputs = tokenizer(["你好", "晚上睡不着应该怎么办"], padding=True, return_tensors="pt")
     with torch.no_grad():
         expected = reference(**inputs).logits
@@ -87,3 +92,19 @@ def test_cpu_device_map_gives_the_same_logits(tiny_checkpoint):
     assert got.dtype == torch.float32
     mask = inputs["attention_mask"].bool()
     assert torch.allclose(got[mask], expected[mask], atol=1e-5)
+
+
+def test_a_prefix_encoder_goes_with_the_embeddings(tiny_checkpoint, tmp_path):
+    import torch
+
+    import chatglm
+
+    config = chatglm.ChatGLMConfig.from_pretrained(tiny_checkpoint)
+    config.pre_seq_len = 4
+    device_map = {name: "cpu" for name in utils.auto_configure_device_map(2, num_layers=config.num_layers)}
+    device_map["transformer.layers.0"] = "disk"
+    model = utils.load_model_on_gpus(tiny_checkpoint, num_gpus=2, device_map=device_map, config=config,
+                                     offload_folder=str(tmp_path))
+    assert model.hf_device_map == {"transformer.prefix_encoder": "cpu", **device_map}
+    assert model.transformer.prefix_encoder.embedding.weight.device.type == "cpu"
+    assert model.dtype == torch.float16
