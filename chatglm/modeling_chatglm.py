@@ -463,12 +463,18 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
             last[:, 1] += 1
         return last
 
-    def quantize(self, bits, empty=False, **kwargs):
+    def quantize(self, bits, empty_init=False, **kwargs):
         """Weight-only INT8/INT4 quantization of the four Linear layers of every block, in place
-        (REFERENCE: one fp16 scale per output row). Works on CPU and GPU. Returns the model."""
+        (REFERENCE: one fp16 scale per output row). Works on CPU and GPU. Returns the model.
+
+        `empty_init=True` (the original's argument) only allocates the quantized layers, for weights
+        loaded afterwards."""
+        if kwargs:
+            raise TypeError(f"quantize() got unexpected arguments {sorted(kwargs)}; "
+                            "it takes bits (4 or 8) and empty_init")
         if bits == 0:
             return self
-        quantize_model(self.transformer, bits, empty=empty)
+        quantize_model(self.transformer, bits, empty=empty_init)
         self.config.quantization_bit = bits
         return self
 

@@ -1,11 +1,20 @@
 """Weight-only INT8/INT4 quantization of the ChatGLM block Linear layers, in pure torch.
 
-Same scheme and storage as the original (and the `THUDM/chatglm-6b-int4`/`-int8` checkpoints):
+Same scheme and checkpoint format as the original (and the `THUDM/chatglm-6b-int4`/`-int8` checkpoints):
 symmetric, one fp16 scale per output row, `weight` stored as int8 [out, in * bits / 8], INT4 packed
-two per byte with byte j = (w[2j] << 4) | (w[2j+1] & 0xF). Runs on any device: on CPU matmuls use
-torch's int8 weight-only kernel (INT4 weights are unpacked to int8 for it on first use, so an INT4
-model takes 1.5 bytes per weight there); elsewhere the weight is dequantized just in time.
+two per byte with byte j = (w[2j] << 4) | (w[2j+1] & 0xF).
+
+On CPU every layer runs torch's weight-only kernels with bfloat16 activations, whatever the model's
+dtype (with float32 activations the same kernels are about 20x slower), and applies the fp16 row scales
+to the kernel's output. INT4 weights are re-packed once into the layout of torch's CPU int4 kernel, so
+they stay at half a byte per weight; `state_dict()` writes them back in the original layout. For long
+prompts the integer weight is expanded into a reusable bfloat16 buffer and multiplied with `F.linear`,
+which beats both kernels there. On other devices the weight is dequantized just in time.
 """
+
+import functools
+import threading
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +22,10 @@ from torch import nn
 
 SUPPORTED_BITS = (4, 8)
 BLOCK_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
+CPU_COMPUTE_DTYPE = torch.bfloat16
+# From this many tokens on, expanding the weight to bfloat16 and calling F.linear is faster on CPU than
+# the weight-only kernels (measured with benchmarks/quantized_kernels.py on the perf machine).
+DEQUANTIZED_MATMUL_MIN_TOKENS = {8: 32, 4: 128}
 
 
 def _check_bits(bits):
@@ -20,19 +33,10 @@ def _check_bits(bits):
         raise ValueError(f"quantization to {bits} bits is not supported: use 4 or 8")
 
 
-def quantize_weight(weight, bits):
-    """(int8 weight [out, in * bits / 8], fp16 scale [out]) of a float weight [out, in].
-
-    Computed in fp16 like the original, so the same checkpoint gives bit-identical integers."""
-    _check_bits(bits)
-    weight = weight.detach().to(torch.float16)
-    scale = weight.abs().amax(dim=-1) / (2 ** (bits - 1) - 1)
-    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
-    quantized = torch.round(weight / scale[:, None]).to(torch.int8)
-    if bits == 4:
-        high, low = quantized[:, 0::2].to(torch.int16), quantized[:, 1::2].to(torch.int16)
-        quantized = ((high << 4) | (low & 0xF)).to(torch.uint8).view(torch.int8)
-    return quantized, scale
+def pack_int4(values):
+    """The original's packed bytes, int8 [out, in / 2], of signed 4-bit values [out, in]."""
+    high, low = values[:, 0::2].to(torch.int16), values[:, 1::2].to(torch.int16)
+    return ((high << 4) | (low & 0xF)).to(torch.uint8).view(torch.int8)
 
 
 def unpack_int4(packed):
@@ -43,8 +47,119 @@ def unpack_int4(packed):
     return torch.stack((high, low), dim=-1).flatten(-2).to(torch.int8)
 
 
+def quantize_weight(weight, bits):
+    """(int8 weight [out, in * bits / 8], fp16 scale [out]) of a float weight [out, in].
+
+    As in the original, the scale is computed in the weight's own dtype and stored as fp16, and
+    `weight / scale` is rounded in the dtype torch promotes the two to (fp16 for an fp16 weight, fp32
+    for an fp32 one), so the same weights give bit-identical integers."""
+    _check_bits(bits)
+    weight = weight.detach()
+    scale = (weight.abs().amax(dim=-1) / (2 ** (bits - 1) - 1)).to(torch.float16)
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)  # an all-zero row stays zero
+    quantized = torch.round(weight / scale[:, None]).to(torch.int8)
+    return (pack_int4(quantized) if bits == 4 else quantized), scale
+
+
+# --- torch's CPU int4 kernel layout ---
+
+class Int4CpuLayout(NamedTuple):
+    """How `torch._convert_weight_to_int4pack_for_cpu` arranges rows: blocks of `rows` output rows; in a
+    block, byte (k, j) holds row j's value in its low nibble and row j + rows/2 (or, when `paired`,
+    rows 2j and 2j + 1) in its high nibble, as value + 8. Depends on the CPU (AVX512: 64, AVX2: 32)."""
+    rows: int
+    paired: bool
+
+
+CANDIDATE_INT4_LAYOUTS = (Int4CpuLayout(64, False), Int4CpuLayout(32, False), Int4CpuLayout(32, True))
+
+
+def _split_block_rows(t, layout):
+    """The rows of each block of t [N, C] that go to low and to high nibbles: two [N / rows, rows / 2, C]."""
+    half = layout.rows // 2
+    if layout.paired:
+        blocks = t.view(-1, half, 2, t.shape[-1])
+        return blocks[:, :, 0], blocks[:, :, 1]
+    blocks = t.view(-1, 2, half, t.shape[-1])
+    return blocks[:, 0], blocks[:, 1]
+
+
+def to_int4_cpu_layout(packed, layout):
+    """Kernel bytes uint8 [N, K / 2] from the original's packed int8 [N, K / 2]."""
+    low_rows, high_rows = _split_block_rows(packed.view(torch.uint8), layout)  # [blocks, rows / 2, K / 2]
+    # Each original byte holds columns 2j (high nibble) and 2j + 1 (low nibble); ^ 0x88 adds 8 to both.
+    even = ((low_rows >> 4) | (high_rows & 0xF0)) ^ 0x88
+    odd = ((low_rows & 0x0F) | (high_rows << 4)) ^ 0x88
+    blocks = torch.stack((even, odd), dim=-1).flatten(-2)  # [blocks, rows / 2, K]
+    return blocks.transpose(1, 2).contiguous().view(packed.shape[0], -1)  # [blocks, K, rows / 2] -> [N, K / 2]
+
+
+def from_int4_cpu_layout(kernel_bytes, layout):
+    """The original's packed int8 [N, K / 2] from kernel bytes [N, K / 2] (inverse of to_int4_cpu_layout)."""
+    rows, in_features = kernel_bytes.shape[0], kernel_bytes.shape[1] * 2
+    blocks = kernel_bytes.view(-1, in_features, layout.rows // 2).transpose(1, 2)  # [blocks, rows / 2, K]
+    columns = blocks.reshape(blocks.shape[0], blocks.shape[1], -1, 2) ^ 0x88  # [blocks, rows / 2, K / 2, 2]
+    even, odd = columns[..., 0], columns[..., 1]
+    packed = torch.empty(rows, in_features // 2, dtype=torch.uint8, device=kernel_bytes.device)
+    low_rows, high_rows = _split_block_rows(packed, layout)
+    low_rows.copy_((even << 4) | (odd & 0x0F))
+    high_rows.copy_((even & 0xF0) | (odd >> 4))
+    return packed.view(torch.int8)
+
+
+@functools.lru_cache(maxsize=None)
+def int4_cpu_layout():
+    """The layout this torch build and CPU use, found by packing a probe with torch's own converter;
+    None where the int4 CPU kernel is missing or packs some other way."""
+    if not hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"):
+        return None
+    values = torch.randint(-8, 8, (128, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int8)
+    try:
+        expected = torch.ops.aten._convert_weight_to_int4pack_for_cpu((values + 8).to(torch.int32), 1)
+    except RuntimeError:
+        return None
+    for layout in CANDIDATE_INT4_LAYOUTS:
+        if torch.equal(to_int4_cpu_layout(pack_int4(values), layout), expected):
+            return layout
+    return None
+
+
+def int4_kernel_group_size(in_features):
+    """The largest group size the int4 kernel takes that divides in_features, or None."""
+    return next((size for size in (256, 128, 64, 32) if in_features % size == 0), None)
+
+
+@functools.lru_cache(maxsize=None)
+def _unit_group_scales(in_features, out_features, group_size):
+    """Scales 1 and zeros 0 [in / group, out, 2] for the int4 kernel: it then returns exact integer dot
+    products (up to bfloat16 output rounding) and the fp16 row scales are applied afterwards."""
+    unit = torch.zeros(in_features // group_size, out_features, 2, dtype=CPU_COMPUTE_DTYPE)
+    unit[..., 0] = 1
+    return unit
+
+
+@functools.lru_cache(maxsize=None)
+def _unit_row_scales(out_features):
+    return torch.ones(out_features, dtype=CPU_COMPUTE_DTYPE)
+
+
+_scratch = threading.local()
+
+
+def _bfloat16_scratch(rows, columns):
+    """A reusable [rows, columns] bfloat16 buffer, one per thread: a fresh buffer of this size costs
+    more in page faults than the conversion that fills it."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < rows * columns:
+        buffer = _scratch.buffer = torch.empty(rows * columns, dtype=CPU_COMPUTE_DTYPE)
+    return buffer[: rows * columns].view(rows, columns)
+
+
 class QuantizedLinear(nn.Module):
-    """A Linear layer whose weight is stored as int8/int4 with per-row scales."""
+    """A Linear layer whose weight is stored as int8/int4 with per-row fp16 scales.
+
+    INT4 `weight` is the original's int8 [out, in / 2] until the first CPU forward re-packs it, in
+    place, to uint8 [out, in / 2] in the CPU kernel's layout; the dtype tells which one it holds."""
 
     def __init__(self, in_features, out_features, bits, bias=True, device=None, dtype=None):
         super().__init__()
@@ -57,49 +172,105 @@ class QuantizedLinear(nn.Module):
                                          requires_grad=False)
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
             if bias else None
+        self.register_state_dict_post_hook(_save_original_layout)
+        self.register_load_state_dict_pre_hook(_load_original_layout)
+
+    @classmethod
+    def from_weight(cls, weight, bits, bias=None):
+        """Quantize a float weight [out, in] (and keep an optional bias [out]) without an nn.Linear."""
+        out_features, in_features = weight.shape
+        layer = cls(in_features, out_features, bits, bias is not None, weight.device,
+                    weight.dtype if bias is None else bias.dtype)
+        layer.weight.data, layer.weight_scale.data = quantize_weight(weight, bits)
+        if bias is not None:
+            layer.bias.data.copy_(bias.detach())
+        return layer
 
     @classmethod
     def from_linear(cls, linear, bits):
-        layer = cls(linear.in_features, linear.out_features, bits, linear.bias is not None,
-                    linear.weight.device, linear.weight.dtype)
-        weight, scale = quantize_weight(linear.weight, bits)
-        layer.weight.data.copy_(weight)
-        layer.weight_scale.data.copy_(scale)
-        if linear.bias is not None:
-            layer.bias.data.copy_(linear.bias.detach())
-        return layer
+        return cls.from_weight(linear.weight, bits, linear.bias)
+
+    @property
+    def in_cpu_kernel_layout(self):
+        return self.weight.dtype == torch.uint8
+
+    def original_weight(self):
+        """`weight` in the checkpoint layout (int8 [out, in * bits / 8])."""
+        if self.in_cpu_kernel_layout:
+            return from_int4_cpu_layout(self.weight, int4_cpu_layout())
+        return self.weight
+
+    def integer_values(self):
+        """The weight as signed integers, int8 [out, in]."""
+        return unpack_int4(self.original_weight()) if self.bits == 4 else self.weight
 
     def dequantize(self, dtype=torch.float32):
         """The float weight [out, in] that the original computes with."""
-        values = unpack_int4(self.weight) if self.bits == 4 else self.weight
-        return values.to(dtype) * self.weight_scale.to(dtype)[:, None]
-
-    def int8_values(self):
-        """The weight as one int8 per value [out, in]; unpacked once and kept for INT4 on CPU."""
-        if self.bits == 8:
-            return self.weight
-        cached = getattr(self, "_unpacked", None)
-        if cached is None or cached[0] != self.weight._version:
-            cached = (self.weight._version, unpack_int4(self.weight))
-            self._unpacked = cached
-        return cached[1]
+        return self.integer_values().to(dtype) * self.weight_scale.to(dtype)[:, None]
 
     def forward(self, x):
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        # torch's CPU int8 weight-only kernel serves both widths (INT4 values are unpacked to int8 once,
-        # same numbers). It has no backward: while autograd records (P-Tuning on a quantized model
-        # needs the input gradient) the dequantized path is used instead.
-        recording = torch.is_grad_enabled() and x.requires_grad
-        if x.device.type == "cpu" and not recording and hasattr(torch, "_weight_int8pack_mm"):
-            shape = x.shape
-            out = torch._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.int8_values(),
-                                            self.weight_scale.to(x.dtype))
-            out = out.view(*shape[:-1], self.out_features)
-            return out if bias is None else out + bias
-        return F.linear(x, self.dequantize(x.dtype), bias)
+        # torch's weight-only kernels have no backward: while autograd records (P-Tuning on a quantized
+        # model needs the input gradient), and off the CPU, the dequantized weight is used instead.
+        if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
+            return F.linear(x, self.dequantize(x.dtype), bias)
+        tokens = x.reshape(-1, self.in_features).to(CPU_COMPUTE_DTYPE)  # [tokens, in]
+        out = self.cpu_integer_matmul(tokens).to(x.dtype) * self.weight_scale.to(x.dtype)
+        out = out.view(*x.shape[:-1], self.out_features)
+        return out if bias is None else out + bias
+
+    def cpu_integer_matmul(self, tokens):
+        """tokens [n, in] (bfloat16) times the integer weight, unscaled: [n, out] bfloat16."""
+        if tokens.shape[0] >= DEQUANTIZED_MATMUL_MIN_TOKENS[self.bits]:
+            return F.linear(tokens, self._integer_values_in_scratch())
+        if self.bits == 8:
+            return torch._weight_int8pack_mm(tokens, self.weight, _unit_row_scales(self.out_features))
+        kernel_weight = self._int4_kernel_weight()
+        if kernel_weight is None:  # a shape or CPU the int4 kernel does not take
+            return F.linear(tokens, self._integer_values_in_scratch())
+        group_size = int4_kernel_group_size(self.in_features)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(
+            tokens, kernel_weight, group_size, _unit_group_scales(self.in_features, self.out_features, group_size))
+
+    def _int4_kernel_weight(self):
+        """The INT4 weight in the CPU kernel's layout, re-packed in place on first use (no second copy)."""
+        if not self.in_cpu_kernel_layout:
+            layout = int4_cpu_layout()
+            if layout is None or self.out_features % layout.rows or int4_kernel_group_size(self.in_features) is None:
+                return None
+            self.weight = nn.Parameter(to_int4_cpu_layout(self.weight, layout), requires_grad=False)
+        return self.weight
+
+    def _integer_values_in_scratch(self):
+        """The integer weight [out, in] as bfloat16 (exact), in this thread's scratch buffer."""
+        values = _bfloat16_scratch(self.out_features, self.in_features)
+        if not self.in_cpu_kernel_layout:
+            return values.copy_(self.integer_values())
+        # Kernel bytes [blocks, in, rows / 2]: low nibbles are the block's first half of rows (or even
+        # rows), high nibbles the second half (odd rows); values are stored + 8.
+        layout = int4_cpu_layout()
+        kernel_bytes = self.weight.view(-1, self.in_features, layout.rows // 2)
+        low_rows, high_rows = _split_block_rows(values, layout)  # [blocks, rows / 2, in]
+        low_rows.copy_((kernel_bytes & 0x0F).transpose(1, 2))
+        high_rows.copy_((kernel_bytes >> 4).transpose(1, 2))
+        return values.sub_(8)
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
+
+
+def _save_original_layout(module, state_dict, prefix, local_metadata):
+    """state_dict() of a layer holding kernel bytes gives the checkpoint's layout, so save_pretrained
+    writes files the original (and any other machine) reads."""
+    if module.in_cpu_kernel_layout:
+        state_dict[prefix + "weight"] = module.original_weight()
+
+
+def _load_original_layout(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                          error_msgs):
+    """Checkpoints carry the original layout: a layer holding kernel bytes goes back to it before loading."""
+    if module.in_cpu_kernel_layout and prefix + "weight" in state_dict:
+        module.weight = nn.Parameter(module.original_weight(), requires_grad=False)
 
 
 def quantize_model(transformer, bits, empty=False):

@@ -1,0 +1,198 @@
+"""Quantized layers on CPU: the int4 kernel layout, which kernel each input dtype reaches, agreement with
+the dequantized weight, bytes held per weight, and the original checkpoint layout through save/load."""
+
+import copy
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from transformers import AutoModel
+
+from chatglm import ChatGLMForConditionalGeneration
+from chatglm.quantization import (
+    CANDIDATE_INT4_LAYOUTS,
+    DEQUANTIZED_MATMUL_MIN_TOKENS,
+    QuantizedLinear,
+    from_int4_cpu_layout,
+    int4_cpu_layout,
+    pack_int4,
+    quantize_weight,
+    to_int4_cpu_layout,
+    unpack_int4,
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WEIGHT_KERNELS = {8: "aten._weight_int8pack_mm.default", 4: "aten._weight_int4pack_mm_for_cpu.default"}
+
+
+def random_int4(rows, columns, seed=0):
+    return torch.randint(-8, 8, (rows, columns), generator=torch.Generator().manual_seed(seed), dtype=torch.int8)
+
+
+def layer_with_bias(bits, out_features=192, in_features=256, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=generator) * 0.02
+    return QuantizedLinear.from_weight(weight, bits, torch.randn(out_features, generator=generator) * 0.02)
+
+
+@pytest.mark.parametrize("layout", CANDIDATE_INT4_LAYOUTS)
+def test_int4_kernel_layout_round_trips_the_original_bytes(layout):
+    packed = pack_int4(random_int4(256, 96))
+    kernel_bytes = to_int4_cpu_layout(packed, layout)
+    assert kernel_bytes.dtype == torch.uint8 and kernel_bytes.shape == packed.shape
+    assert not torch.equal(kernel_bytes.view(torch.int8), packed)
+    assert torch.equal(from_int4_cpu_layout(kernel_bytes, layout), packed)
+
+
+def test_int4_kernel_layout_matches_torchs_converter():
+    values = random_int4(192, 512, seed=1)
+    layout = int4_cpu_layout()
+    assert layout is not None, "torch's CPU int4 kernel packs in a layout we do not know"
+    expected = torch.ops.aten._convert_weight_to_int4pack_for_cpu((values + 8).to(torch.int32), 1)
+    assert torch.equal(to_int4_cpu_layout(pack_int4(values), layout), expected)
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_int4_layout_is_detected_for_other_cpu_kernels(capability):
+    """torch picks its kernels (and int4 layout) by CPU capability; ATEN_CPU_CAPABILITY forces another."""
+    code = ("import torch; from chatglm.quantization import QuantizedLinear, int4_cpu_layout\n"
+            "w = torch.randn(64, 128); layer = QuantizedLinear.from_weight(w, 4); x = torch.randn(3, 128)\n"
+            "with torch.no_grad(): y = layer(x)\n"
+            "ref = x @ layer.dequantize().T\n"
+            "assert layer.in_cpu_kernel_layout and ((y - ref).norm() / ref.norm()) < 1e-2\n"
+            "print(tuple(int4_cpu_layout()))")
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=capability, PYTHONPATH=REPO_ROOT)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == {"avx2": "(32, False)", "default": "(32, True)"}[capability]
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records every aten op a forward runs, with the dtypes of its tensor arguments."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((str(func), [a.dtype for a in args if isinstance(a, torch.Tensor)]))
+        return func(*args, **(kwargs or {}))
+
+
+def recorded_ops(layer, x):
+    with torch.no_grad(), OpRecorder() as recorder:
+        layer(x)
+    return recorder.calls
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpu_forward_runs_the_weight_only_kernel_on_bfloat16(bits, dtype):
+    """Decoding (one token) and short prompts reach torch's weight-only kernel with bfloat16 activations
+    whatever the model dtype: with float32 ones the same kernel is about 20x slower."""
+    layer = layer_with_bias(bits).to(dtype)
+    for tokens in (1, DEQUANTIZED_MATMUL_MIN_TOKENS[bits] - 1):
+        calls = recorded_ops(layer, torch.randn(1, tokens, 256, dtype=dtype))
+        kernel_calls = [dtypes for op, dtypes in calls if op == WEIGHT_KERNELS[bits]]
+        assert len(kernel_calls) == 1, calls
+        assert kernel_calls[0][0] == torch.bfloat16
+        assert not [op for op, _ in calls if op.startswith(("aten.mm", "aten.addmm", "aten.linear"))]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_cpu_forward_on_long_prompts_multiplies_in_bfloat16(bits, dtype):
+    layer = layer_with_bias(bits).to(dtype)
+    calls = recorded_ops(layer, torch.randn(1, DEQUANTIZED_MATMUL_MIN_TOKENS[bits], 256, dtype=dtype))
+    matmuls = [dtypes for op, dtypes in calls if op.startswith(("aten.mm", "aten.addmm"))]
+    assert len(matmuls) == 1 and set(matmuls[0]) == {torch.bfloat16}, calls
+    assert not [op for op, _ in calls if op in WEIGHT_KERNELS.values()]
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("tokens", [1, 7, 40, 200])
+def test_cpu_forward_agrees_with_the_dequantized_weight(bits, dtype, tokens):
+    layer = layer_with_bias(bits)
+    x = torch.randn(2, tokens, 256, generator=torch.Generator().manual_seed(2))
+    expected = x @ layer.dequantize(torch.float32).T + layer.bias
+    with torch.no_grad():
+        out = layer.to(dtype)(x.to(dtype))
+    assert out.dtype == dtype and out.shape == expected.shape
+    # bfloat16 activations: 2^-9 relative rounding of each input
+    assert ((out.float() - expected).norm() / expected.norm()) < 5e-3
+
+
+def test_gradients_flow_through_a_quantized_layer():
+    """P-Tuning on a quantized model back-propagates through its frozen layers."""
+    layer = layer_with_bias(4)
+    x = torch.randn(3, 256, requires_grad=True)
+    layer(x).sum().backward()
+    assert torch.allclose(x.grad, layer.dequantize().sum(dim=0).expand(3, -1), atol=1e-5)
+
+
+def tensor_bytes(module):
+    """Bytes of every tensor a module holds: parameters, buffers and any tensor attribute."""
+    held = list(module._parameters.values()) + list(module._buffers.values())
+    held += [value for value in vars(module).values() if isinstance(value, torch.Tensor)]
+    return sum(t.numel() * t.element_size() for t in held if t is not None)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_cpu_layer_keeps_one_copy_of_its_weight(bits):
+    out_features, in_features = 192, 256
+    layer = layer_with_bias(bits, out_features, in_features)
+    scales_and_bias = out_features * 2 + out_features * 4
+    for tokens in (1, 300):
+        with torch.no_grad():
+            layer(torch.randn(tokens, in_features))
+        assert tensor_bytes(layer) == out_features * in_features * bits // 8 + scales_and_bias
+    assert layer.in_cpu_kernel_layout == (bits == 4)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_state_dict_gives_the_original_layout_and_loads_back(bits):
+    weight = torch.randn(192, 256) * 0.02
+    original, scale = quantize_weight(weight, bits)
+    layer = QuantizedLinear.from_weight(weight, bits)
+    with torch.no_grad():
+        expected = layer(torch.randn(4, 256))
+    state = layer.state_dict()
+    assert state["weight"].dtype == torch.int8 and torch.equal(state["weight"], original)
+    assert torch.equal(state["weight_scale"], scale)
+
+    other = QuantizedLinear.from_weight(torch.randn(192, 256), bits)
+    with torch.no_grad():
+        other(torch.randn(1, 256))  # INT4: re-packed before the load
+    other.load_state_dict(state)
+    assert torch.equal(other.state_dict()["weight"], original)
+    assert torch.equal(other.dequantize(), layer.dequantize())
+
+
+def test_int4_values_survive_the_kernel_layout():
+    values = random_int4(128, 64, seed=3)
+    layer = QuantizedLinear(64, 128, 4, bias=False)
+    layer.weight.data, layer.weight_scale.data = pack_int4(values), torch.ones(128, dtype=torch.float16)
+    with torch.no_grad():
+        layer(torch.randn(1, 64))
+    assert layer.in_cpu_kernel_layout
+    assert torch.equal(layer.integer_values(), values)
+    assert torch.equal(unpack_int4(layer.original_weight()), values)
+
+
+def test_quantize_accepts_empty_init_and_rejects_unknown_arguments(tiny_checkpoint):
+    model = AutoModel.from_pretrained(tiny_checkpoint, dtype=torch.float32)
+    with pytest.raises(TypeError, match="unexpected arguments \\['use_cache_folder'\\]"):
+        model.quantize(4, use_cache_folder=True)
+    assert model.config.quantization_bit == 0
+    layer = model.transformer.layers[0].attention.dense
+    empty = ChatGLMForConditionalGeneration(copy.deepcopy(model.config)).quantize(8, empty_init=True)
+    built = model.quantize(8)
+    assert built.transformer.layers[0].attention.dense.weight.shape == (64, 64)
+    assert isinstance(empty.transformer.layers[0].attention.dense, QuantizedLinear)
+    assert empty.config.quantization_bit == 8
+    expected, _ = quantize_weight(layer.weight, 8)
+    assert torch.equal(built.transformer.layers[0].attention.dense.weight, expected)
