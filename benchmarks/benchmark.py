@@ -64,11 +64,11 @@ def measure(shape, precision, prompt_tokens, new_tokens, threads):
         start = time.perf_counter()
         out = model(ids, use_cache=True)
         prefill_s = time.perf_counter() - start
-        cache, positions = out.cache, model.transformer.get_position_ids(ids)
-        token = out.logits[:, -1:].argmax(-1)
+        cache, token = out.cache, out.logits[:, -1:].argmax(-1)
         start = time.perf_counter()
         for _ in range(new_tokens):
-            positions = model.next_position_ids(positions)
+            ids = torch.cat((ids, token), dim=1)
+            positions = model.transformer.get_position_ids(ids, past_length=ids.shape[1] - 1)
             out = model(token, position_ids=positions, cache=cache, use_cache=True)
             cache, token = out.cache, out.logits[:, -1:].argmax(-1)
         decode_s = time.perf_counter() - start

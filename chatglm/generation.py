@@ -128,12 +128,12 @@ def stream_generate(model, input_ids, attention_mask=None, position_ids=None, ge
     )
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
-    if position_ids is None:
-        position_ids = model.transformer.get_position_ids(input_ids, attention_mask)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    step_ids, step_positions, cache = input_ids, position_ids, None
+    step_ids, cache = input_ids, None
     while input_ids.shape[1] < config.max_length:
-        outputs = model(step_ids, position_ids=step_positions, attention_mask=attention_mask, cache=cache,
+        if cache is not None:  # decoding the newest token after the cached ones
+            position_ids = model.transformer.get_position_ids(input_ids, attention_mask, input_ids.shape[1] - 1)
+        outputs = model(step_ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache,
                         use_cache=True)
         cache = outputs.cache
         scores = processors(input_ids, outputs.logits[:, -1, :].float())
@@ -144,7 +144,7 @@ def stream_generate(model, input_ids, attention_mask=None, position_ids=None, ge
         next_tokens = torch.where(finished, config.pad_token_id, next_tokens)
         input_ids = torch.cat((input_ids, next_tokens[:, None]), dim=-1)
         attention_mask = torch.cat((attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)), dim=-1)
-        step_ids, step_positions = next_tokens[:, None], model.next_position_ids(step_positions)
+        step_ids = next_tokens[:, None]
         finished |= torch.isin(next_tokens, torch.tensor(eos_ids, device=next_tokens.device))
         yield input_ids
         if finished.all() or (stopping_criteria is not None and stopping_criteria(input_ids, scores).all()):

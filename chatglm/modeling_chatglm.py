@@ -19,6 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_chatglm import ChatGLMConfig
 from .generation import chat, process_response, stream_chat, stream_generate
+from .positions import glm_position_ids
 from .quantization import quantize_model
 
 # The original builds every block with num_layers=28 whatever the config says, so the residual scale
@@ -222,8 +223,9 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
     # --- GLM positions and masks ---
 
     def _special_positions(self, input_ids):
-        """Index of the first <sop> (the context length) and of the mask token, per row.
-        The model prefers [gMASK] over [MASK] (the tokenizer the other way round)."""
+        """Per row: the index of the first <sop> (the context length), the index of the mask token, and
+        whether that mask token is [gMASK]. The model prefers [gMASK] over [MASK] (the tokenizer the other
+        way round)."""
         config = self.config
         has_sop = (input_ids == config.bos_token_id).any(dim=1)
         if not has_sop.all():
@@ -232,35 +234,28 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
                 "[gMASK] <sop>: build the inputs with the ChatGLM tokenizer"
             )
         context_lengths = (input_ids == config.bos_token_id).int().argmax(dim=1)
-        use_gmask = (input_ids == config.gmask_token_id).any(dim=1, keepdim=True)
+        use_gmask = (input_ids == config.gmask_token_id).any(dim=1)
         mask_ids = torch.where(use_gmask, config.gmask_token_id, config.mask_token_id)
-        is_mask = input_ids == mask_ids
+        is_mask = input_ids == mask_ids[:, None]
         if not is_mask.any(dim=1).all():
             raise ValueError(
                 f"input has no [gMASK] (id {config.gmask_token_id}) or [MASK] (id {config.mask_token_id}) "
                 "token; build the inputs with the ChatGLM tokenizer"
             )
-        return context_lengths, is_mask.int().argmax(dim=1)
+        return context_lengths, is_mask.int().argmax(dim=1), use_gmask
 
-    def get_position_ids(self, input_ids, padding_mask=None):
-        """Positions [batch, 2, seq] (or [batch, seq] without 2-D encoding) of a prompt.
-
-        Absolute row: 0, 1, ... over the context, then the mask position from <sop> on.
-        Block row: 0 over the context, then 1, 2, ... from <sop> on. With a left-padding mask the
-        positions start after the padding (which gets 0); without one, padding counts as context.
-        """
-        batch, seq = input_ids.shape
-        context_lengths, mask_positions = self._special_positions(input_ids)
-        index = torch.arange(seq, device=input_ids.device).expand(batch, seq)
-        pads = torch.zeros_like(context_lengths)
-        if padding_mask is not None:
-            pads = (padding_mask[:, -seq:] == 0).sum(dim=1)
-        after_context = index >= context_lengths[:, None]
-        absolute = torch.where(after_context, (mask_positions - pads)[:, None], (index - pads[:, None]).clamp(min=0))
-        if not self.config.position_encoding_2d:
-            return absolute
-        block = torch.where(after_context, index - context_lengths[:, None] + 1, 0)
-        return torch.stack((absolute, block), dim=1)
+    def get_position_ids(self, input_ids, padding_mask=None, past_length=0):
+        """Positions of ``input_ids[:, past_length:]`` given the whole sequence ``input_ids`` [batch, seq]:
+        [batch, 2, seq - past_length], or [batch, seq - past_length] without 2-D encoding (rules in
+        positions.py). ``past_length > 0`` means those tokens are decoded after a cache of the others.
+        With a left-padding mask the positions start after the padding; without one, padding counts as
+        context."""
+        context_lengths, mask_positions, use_gmask = self._special_positions(input_ids)
+        pads = None if padding_mask is None else (padding_mask[:, -input_ids.shape[1] :] == 0).sum(dim=1)
+        # The original's 1-D prompts keep counting past a [gMASK]; its cached decoding steps do not.
+        counting = use_gmask if not self.config.position_encoding_2d and past_length == 0 else None
+        return glm_position_ids(input_ids.shape[1], context_lengths, mask_positions, counting=counting, pads=pads,
+                                start=past_length, two_d=self.config.position_encoding_2d)
 
     def get_attention_mask(self, input_ids, past_length, padding_mask, prefix_length):
         """Boolean mask [batch, 1, query, key], True = may attend, or None when nothing is masked.
@@ -275,7 +270,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         key = torch.arange(past_length + seq, device=device)[None, :]
         allowed = (key <= query).expand(batch, seq, past_length + seq)
         if past_length == 0:
-            context_lengths, _ = self._special_positions(input_ids)
+            context_lengths = self._special_positions(input_ids)[0]
             allowed = allowed | (key < context_lengths[:, None, None])
         if padding_mask is not None:
             padding_mask = padding_mask[:, -(past_length + seq) :].bool()
@@ -430,6 +425,9 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
 
     # --- generate() integration ---
 
+    # Two private hooks remain (tests/test_positions.py fails if transformers stops calling them):
+    # generate() builds the prompt's positions with the first and expands them for beams with the second.
+
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         return self.transformer.get_position_ids(inputs_tensor, model_kwargs.get("attention_mask"))
 
@@ -443,25 +441,17 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
             model_kwargs["position_ids"] = position_ids.repeat_interleave(expand_size, dim=0)
         return input_ids, model_kwargs
 
-    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False, num_new_tokens=1):
-        model_kwargs = super()._update_model_kwargs_for_generation(
-            outputs, model_kwargs, is_encoder_decoder, num_new_tokens
+    def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, is_first_iteration=False,
+                                      **kwargs):
+        inputs = super().prepare_inputs_for_generation(
+            input_ids, *args, attention_mask=attention_mask, is_first_iteration=is_first_iteration, **kwargs
         )
-        # Generated tokens keep the mask position as their absolute position; only the block
-        # position advances.
-        position_ids = model_kwargs.get("position_ids")
-        if position_ids is not None:
-            absolute = position_ids[:, 0] if position_ids.dim() == 3 else position_ids
-            absolute[:, -num_new_tokens:] = absolute[:, -num_new_tokens - 1 : -num_new_tokens]
-        return model_kwargs
-
-    @staticmethod
-    def next_position_ids(position_ids):
-        """Positions of the token that follows `position_ids` [batch, 2, seq] (or [batch, seq])."""
-        last = position_ids[..., -1:].clone()
-        if last.dim() == 3:
-            last[:, 1] += 1
-        return last
+        if not is_first_iteration:
+            # transformers moves every position row on by one per new token; GLM positions come from the ids
+            # (the prompt's, given or built, were used by the first step)
+            past_length = input_ids.shape[1] - inputs["input_ids"].shape[1]
+            inputs["position_ids"] = self.transformer.get_position_ids(input_ids, attention_mask, past_length)
+        return inputs
 
     def quantize(self, bits, empty_init=False, **kwargs):
         """Weight-only INT8/INT4 quantization of the four Linear layers of every block, in place

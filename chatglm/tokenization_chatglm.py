@@ -5,8 +5,11 @@ import re
 import shutil
 
 import sentencepiece as spm
+import torch
 from transformers import PreTrainedTokenizer
 from transformers.utils import PaddingStrategy
+
+from .positions import glm_position_ids
 
 VOCAB_FILE = "ice_text.model"
 MAX_BLANK = 80  # runs of 2..80 spaces have their own pieces
@@ -176,15 +179,17 @@ class ChatGLMTokenizer(PreTrainedTokenizer):
     # --- padding ----------------------------------------------------------------------------
 
     def _glm_position_ids(self, ids):
-        """[2, len] positions of one unpadded sequence; this tokenizer prefers `[MASK]` over `[gMASK]`."""
-        length = len(ids)
-        context_length = ids.index(self.bos_token_id) if self.bos_token_id in ids else length
+        """[2, len] positions of one unpadded sequence. Unlike the model, this tokenizer prefers `[MASK]` over
+        `[gMASK]` (as the original); without `<sop>` everything is context, without a mask token the
+        absolute positions keep counting."""
         mask_id = self.mask_token_id if self.mask_token_id in ids else self.gmask_token_id
-        absolute = list(range(length))
-        if mask_id in ids:
-            absolute[context_length:] = [ids.index(mask_id)] * (length - context_length)
-        block = [0] * context_length + list(range(1, length - context_length + 1))
-        return [absolute, block]
+        positions = glm_position_ids(
+            len(ids),
+            context_lengths=torch.tensor([ids.index(self.bos_token_id) if self.bos_token_id in ids else len(ids)]),
+            mask_positions=torch.tensor([ids.index(mask_id) if mask_id in ids else 0]),
+            counting=torch.tensor([mask_id not in ids]),
+        )
+        return positions[0].tolist()
 
     def _pad(
         self,

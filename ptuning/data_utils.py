@@ -202,18 +202,6 @@ def print_dataset_example(tokenizer, example):
 # ---------------------------------------------------------------------------------------------------------
 
 
-def glm_position_ids(ids, gmask_id, mask_id, sop_id):
-    """[2, L] positions of an unpadded prompt, as the tokenizer returns them when padding."""
-    length = len(ids)
-    mask_pos = ids.index(mask_id) if mask_id in ids else (ids.index(gmask_id) if gmask_id in ids else length - 1)
-    ctx = ids.index(sop_id) if sop_id in ids else length
-    pos = list(range(length))
-    for j in range(ctx, length):
-        pos[j] = mask_pos
-    block = [0] * ctx + list(range(1, length - ctx + 1))
-    return [pos, block]
-
-
 class ChatGLMCollator:
     """Training rows (all the same length): stacked ids and labels; the model builds the GLM mask itself.
     Evaluation rows (prompt lengths differ): prompts left-padded by the tokenizer, which also returns the 2-D
@@ -230,19 +218,8 @@ class ChatGLMCollator:
         is_train = labels is not None and same_len and len({len(x) for x in labels}) == 1 and len(labels[0]) == len(ids[0])
         if is_train:
             return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
-        batch = self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt")
-        batch = {k: v for k, v in batch.items()}
-        if "position_ids" not in batch:
-            # tokenizer without GLM position ids: compute them the same way and left-pad with 0
-            tok = self.tokenizer
-            gmask = tok.convert_tokens_to_ids("[gMASK]")
-            mask = tok.convert_tokens_to_ids("[MASK]")
-            width = batch["input_ids"].shape[1]
-            pos = []
-            for x in ids:
-                p = glm_position_ids(x, gmask, mask, tok.bos_token_id)
-                pos.append([[0] * (width - len(x)) + row for row in p])
-            batch["position_ids"] = torch.tensor(pos, dtype=torch.long)
+        # the ChatGLM tokenizer pads on the left and adds the GLM position ids
+        batch = dict(self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt"))
         if labels is not None:
             width = max(len(x) for x in labels)
             batch["labels"] = torch.tensor([x + [self.label_pad_token_id] * (width - len(x)) for x in labels], dtype=torch.long)

@@ -1,5 +1,5 @@
 """Checkpoint layouts (real names and shapes, sharded .bin, safetensors, -int4/-int8), quantization,
-P-Tuning, gradient checkpointing, 1-D positions and self-contained export."""
+P-Tuning, gradient checkpointing and self-contained export (1-D positions: test_positions.py)."""
 
 import copy
 import json
@@ -230,29 +230,6 @@ def test_loading_with_a_prefix_keeps_the_base_frozen(tiny_checkpoint):
     loaded = AutoModel.from_pretrained(tiny_checkpoint, config=config)
     trainable = {n for n, p in loaded.named_parameters() if p.requires_grad}
     assert trainable == {"transformer.prefix_encoder.embedding.weight"}
-
-
-def test_one_dimensional_positions_and_cache_consistency(model, tokenizer):
-    config = small_config(tokenizer, position_encoding_2d=False)
-    torch.manual_seed(1)
-    flat = ChatGLMForConditionalGeneration(config).eval()
-    ids = torch.tensor([tokenizer.encode("晚上睡不着应该怎么办")])
-    greedy = flat.generate(ids, max_length=ids.shape[1] + 6, do_sample=False)
-    with torch.no_grad():
-        full = flat(greedy[:, :-1]).logits[0, ids.shape[1] - 1 :]
-    # positions of generated tokens stay at the mask position in 1-D mode
-    positions = flat.transformer.get_position_ids(ids)
-    assert positions.shape == ids.shape
-    steps = [flat(ids).logits[0, -1]]
-    out = flat(ids, use_cache=True)
-    cache, pos = out.cache, positions
-    for t in range(ids.shape[1], greedy.shape[1] - 1):
-        pos = flat.next_position_ids(pos)
-        out = flat(greedy[:, t : t + 1], position_ids=pos, cache=cache, use_cache=True)
-        cache = out.cache
-        steps.append(out.logits[0, -1])
-    assert torch.stack(steps).argmax(-1).tolist() == greedy[0, ids.shape[1] :].tolist()
-    assert torch.allclose(full, torch.stack(steps), atol=1e-4)  # cached steps equal one uncached pass
 
 
 def test_export_is_self_contained(model, tokenizer, tmp_path):

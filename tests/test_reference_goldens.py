@@ -228,8 +228,9 @@ def test_cached_steps(reference, tokenizer):
             assert (out.logits[:, -1] - expected).abs().max() < ATOL
             step_ids = out.logits[:, -1].argmax(-1, keepdim=True)
             assert step_ids[:, 0].tolist() == step["next_token"]
-            cache, positions = out.cache, model.next_position_ids(positions)
             mask = torch.cat((mask, torch.ones_like(step_ids)), dim=1)
+            ids = torch.cat((ids, step_ids), dim=1)
+            cache, positions = out.cache, model.transformer.get_position_ids(ids, mask, past_length=ids.shape[1] - 1)
 
 
 def test_chat_and_stream_chat(reference, tokenizer):
