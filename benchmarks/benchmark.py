@@ -12,11 +12,8 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SHAPES = {
     "mid": dict(hidden_size=2048, inner_hidden_size=8192, num_layers=8, num_attention_heads=16),

@@ -9,15 +9,11 @@ tokens (teacher forcing) and we count the positions where its top-1 token equals
 
 import argparse
 import copy
-import sys
-from pathlib import Path
 
 import torch
+from transformers import AutoModel, AutoTokenizer
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import chatglm  # noqa: E402
-from transformers import AutoModel, AutoTokenizer  # noqa: E402
+import chatglm
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办？", "Write a Python function:\ndef add(a, b):\n    return",
            "How do I run the API server?", "把“早上好”翻译成英文", "What is 12 plus 30?"]

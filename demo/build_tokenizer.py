@@ -1,6 +1,6 @@
 """Train the SentencePiece tokenizer of the demo checkpoint on the demo corpus.
 
-The result has exactly the piece layout of the real ChatGLM-6B `ice_text.model` (REFERENCE.md section 2):
+The result has exactly the piece layout of the real ChatGLM-6B `ice_text.model`:
 
     0-3   <unk> <s> </s> <pad>          (UNKNOWN, CONTROL, CONTROL, CONTROL)
     4     <n>                           (USER_DEFINED)
@@ -22,17 +22,15 @@ Usage:
 import argparse
 import json
 import os
-import sys
 import tempfile
 
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as model_pb2
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from chatglm.generation import build_prompt
+from chatglm.tokenization_chatglm import encode_whitespace
 
-from chatglm.generation import build_prompt  # noqa: E402
-from chatglm.tokenization_chatglm import encode_whitespace  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 CONTROL = ["[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>"]
 TAB = "<|tab|>"

@@ -32,15 +32,14 @@ import time
 import unicodedata
 
 import torch
+from transformers import AutoModel, AutoTokenizer
+
+from chatglm.generation import build_prompt, process_response
+from demo import build_corpus
+from demo.rows import encode_rows, evaluate_loss, load_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
-
-import build_corpus  # noqa: E402
-import train as demo_train  # noqa: E402  (also makes the chatglm package importable)
-from chatglm.generation import process_response  # noqa: E402
-from transformers import AutoModel, AutoTokenizer  # noqa: E402
 
 # Markers of the corpus answers that explain this repository.
 REPO_MARKERS = ["cli_demo", "web_demo", "api.py", "--", "ptuning", "pytest", "quantize", "requirements",
@@ -112,7 +111,7 @@ def load(folder, threads=2):
 @torch.inference_mode()
 def greedy(model, tokenizer, prompt, history, max_new=160):
     """Greedy chat answer plus its raw ids and whether it ended with <eop>."""
-    text = demo_train.build_prompt(prompt, history)
+    text = build_prompt(prompt, history)
     inputs = tokenizer([text], return_tensors="pt")
     max_length = min(model.config.max_sequence_length, inputs["input_ids"].shape[1] + max_new)
     out = model.generate(**inputs, max_length=max_length, do_sample=False)
@@ -147,9 +146,8 @@ def fresh_process_load_seconds(folder, threads=2):
 
     code = (
         "import time; t0 = time.perf_counter()\n"
-        "import torch, sys\n"
+        "import torch\n"
         f"torch.set_num_threads({threads})\n"
-        f"sys.path.insert(0, {ROOT!r})\n"
         "import chatglm\n"
         "from transformers import AutoModel, AutoTokenizer\n"
         "t1 = time.perf_counter()\n"
@@ -188,13 +186,13 @@ def repo_prompts(train_rows, per_intent=3):
 
 def run(folder, dev_path, train_path, threads=2, limit=None, verbose=False):
     tokenizer, model, load_s = load(folder, threads)
-    dev_rows = demo_train.load_rows(dev_path)
-    train_rows = demo_train.load_rows(train_path)
+    dev_rows = load_rows(dev_path)
+    train_rows = load_rows(train_path)
     if limit:
         dev_rows = dev_rows[:limit]
 
-    examples = [demo_train.encode_row(tokenizer, r, 256, 160) for r in dev_rows]
-    dev_loss = demo_train.evaluate_loss(model, examples, tokenizer.pad_token_id)
+    examples = encode_rows(tokenizer, dev_rows, max_source=256, max_target=160)  # demo/train.py's defaults
+    dev_loss = evaluate_loss(model, examples, tokenizer.pad_token_id)
 
     checks = collections.Counter()
     samples = []

@@ -4,8 +4,8 @@
     python demo/build_tokenizer.py       # demo/work/ice_text.model
     nice python demo/train.py            # trains, exports chatglm-demo/, evaluates, writes the model card
 
-Rows use the layout of chat fine-tuning (REFERENCE.md section 6): the prompt is built as `chat()` builds it
-(history rounds as `[Round i]\\n问：q\\n答：a\\n`), then
+Rows use the layout of chat fine-tuning (`ptuning.data_utils.build_training_row`): the prompt is built as
+`chat()` builds it (history rounds as `[Round i]\\n问：q\\n答：a\\n`), then
 
     input_ids = encode(prompt) + [gMASK, <sop>] + encode(response) + [<eop>]
     labels    = -100 up to <sop>, the ids from <sop> on; right padding with <pad> (3), label -100.
@@ -17,7 +17,6 @@ The loss log is demo/work/train_log.jsonl.
 """
 
 import argparse
-import importlib.util
 import json
 import math
 import os
@@ -28,16 +27,12 @@ import time
 import torch
 from tqdm import tqdm
 
+from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, ChatGLMTokenizer
+from demo.rows import encode_rows, evaluate_loss, load_rows
+from ptuning.data_utils import IGNORE_INDEX, pad_training_rows
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if importlib.util.find_spec("chatglm") is None:  # run from a checkout: use the package beside demo/
-    sys.path.insert(0, ROOT)
-
-import chatglm  # noqa: E402  (registers the Auto classes)
-from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, ChatGLMTokenizer  # noqa: E402
-from chatglm.generation import build_prompt  # noqa: E402
-
-IGNORE = -100
 
 
 def parse_args(argv=None):
@@ -76,29 +71,6 @@ def parse_args(argv=None):
 # --- data ----------------------------------------------------------------------------------------
 
 
-def load_rows(path):
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def encode_row(tokenizer, row, max_source, max_target):
-    """input_ids and labels of one chat row (fine-tuning layout)."""
-    prompt = build_prompt(row["prompt"], row.get("history") or [])
-    a = tokenizer.encode(prompt, add_special_tokens=False)
-    b = tokenizer.encode(row["response"], add_special_tokens=False)
-    a = a[-(max_source - 1):]  # keep the end of a long history: the current question matters most
-    b = b[: max_target - 2]
-    gmask, sop, eop = (tokenizer.convert_tokens_to_ids(t) for t in ("[gMASK]", "<sop>", "<eop>"))
-    ids = a + [gmask, sop] + b + [eop]
-    context = len(a) + 1  # index of <sop>
-    labels = [IGNORE] * context + ids[context:]
-    return ids, labels
-
-
-def encode_all(tokenizer, rows, args):
-    return [encode_row(tokenizer, r, args.max_source, args.max_target) for r in rows]
-
-
 def make_batches(lengths, batch_tokens, max_batch, rng):
     """One epoch of length-bucketed batches: shuffle, sort inside large chunks, cut by padded size."""
     order = list(range(len(lengths)))
@@ -119,16 +91,6 @@ def make_batches(lengths, batch_tokens, max_batch, rng):
             batches.append(batch)
     rng.shuffle(batches)
     return batches
-
-
-def collate(examples, pad_id):
-    width = max(len(ids) for ids, _ in examples)
-    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), IGNORE, dtype=torch.long)
-    for row, (ids, lab) in enumerate(examples):
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        labels[row, : len(lab)] = torch.tensor(lab)
-    return input_ids, labels
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -165,31 +127,6 @@ def lr_at(step, total, args):
     return args.lr * ratio
 
 
-@torch.no_grad()
-def evaluate_loss(model, examples, pad_id, batch_tokens=4096, max_batch=64):
-    """Mean cross-entropy per label token (the <sop>-onward ids) over `examples`."""
-    model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i][0]))
-    total, count = 0.0, 0
-    batch = []
-    for k, i in enumerate(order + [None]):
-        if i is not None:
-            width = len(examples[i][0])
-            if not batch or (width * (len(batch) + 1) <= batch_tokens and len(batch) < max_batch):
-                batch.append(i)
-                continue
-        if not batch:
-            break
-        input_ids, labels = collate([examples[j] for j in batch], pad_id)
-        n = int((labels[:, 1:] != IGNORE).sum())
-        loss = model(input_ids=input_ids, labels=labels, use_cache=False).loss
-        total += float(loss) * n
-        count += n
-        batch = [i] if i is not None else []
-    model.train()
-    return total / max(1, count)
-
-
 def atomic_save(obj, path):
     tmp = path + ".tmp"
     torch.save(obj, tmp)
@@ -206,10 +143,10 @@ def main(argv=None):
     tokenizer = ChatGLMTokenizer(vocab_file=args.tokenizer)
     train_rows = load_rows(os.path.join(args.data_dir, "train.jsonl"))
     dev_rows = load_rows(os.path.join(args.data_dir, "dev.jsonl"))
-    train = encode_all(tokenizer, train_rows, args)
-    dev = encode_all(tokenizer, dev_rows, args)
+    train = encode_rows(tokenizer, train_rows, args.max_source, args.max_target)
+    dev = encode_rows(tokenizer, dev_rows, args.max_source, args.max_target)
     lengths = [len(ids) for ids, _ in train]
-    n_label = sum(sum(1 for x in lab if x != IGNORE) for _, lab in train)
+    n_label = sum(sum(1 for x in lab if x != IGNORE_INDEX) for _, lab in train)
     print(f"{len(train)} train rows ({sum(lengths)} tokens, {n_label} label tokens, longest {max(lengths)}), "
           f"{len(dev)} dev rows", flush=True)
 
@@ -257,7 +194,7 @@ def main(argv=None):
     log = open(log_path, "a", encoding="utf-8")
     while step < total_steps:
         epoch, batch = schedule[step]
-        input_ids, labels = collate([train[i] for i in batch], tokenizer.pad_token_id)
+        input_ids, labels = pad_training_rows([train[i] for i in batch], tokenizer.pad_token_id)
         lr = lr_at(step, total_steps, args)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -317,10 +254,9 @@ def export(model, tokenizer, args):
                       link_code=True)
     print(f"exported {args.out}", flush=True)
     # Measure and write the model card.
-    import evaluate as demo_eval
-    import model_card
+    from demo import evaluate, model_card
 
-    results = demo_eval.run(args.out, os.path.join(args.data_dir, "dev.jsonl"),
+    results = evaluate.run(args.out, os.path.join(args.data_dir, "dev.jsonl"),
                             os.path.join(args.data_dir, "train.jsonl"), threads=args.threads,
                             limit=args.eval_limit)
     with open(os.path.join(args.work, "eval_results.json"), "w", encoding="utf-8") as f:
@@ -330,5 +266,4 @@ def export(model, tokenizer, args):
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, HERE)
     main()

@@ -1,13 +1,8 @@
 """Command-line flags shared by the examples (kept tiny on purpose: the examples show the model API)."""
 
 import argparse
-import os
-import sys
 
-# Let the examples run from a checkout without installing anything: make `import chatglm` work.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import chatglm  # noqa: E402  (registers ChatGLM with the transformers Auto classes)
+import chatglm  # registers ChatGLM with the transformers Auto classes
 
 
 def parse_args(description, **defaults):

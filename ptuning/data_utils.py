@@ -127,19 +127,43 @@ def special_ids(tokenizer):
     return gmask, tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
 
 
-def build_train_features(tokenizer, prompt, answer, max_source_length, max_target_length, ignore_pad_token_for_loss=True):
-    """input_ids and labels of one training row (fixed length max_source_length + max_target_length)."""
-    gmask, sop, eop, pad = special_ids(tokenizer)
-    a_ids = tokenizer.encode(prompt, add_special_tokens=False)[: max_source_length - 1]
+IGNORE_INDEX = -100  # label of positions without loss
+
+
+def build_training_row(tokenizer, prompt, answer, max_source_length, max_target_length, keep_prompt_tail=False):
+    """Unpadded input_ids and labels of one training row: prompt + [gMASK, <sop>] + answer + [<eop>], labels
+    from <sop> on. The prompt keeps max_source_length - 1 tokens (its start, as the original, or its end with
+    keep_prompt_tail), the answer max_target_length - 2."""
+    gmask, sop, eop, _ = special_ids(tokenizer)
+    a_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    a_ids = a_ids[-(max_source_length - 1):] if keep_prompt_tail else a_ids[: max_source_length - 1]
     b_ids = tokenizer.encode(answer, add_special_tokens=False)[: max_target_length - 2]
     input_ids = a_ids + [gmask, sop] + b_ids + [eop]
     context_length = len(a_ids) + 1  # index of <sop>
-    labels = [-100] * context_length + input_ids[context_length:]
+    labels = [IGNORE_INDEX] * context_length + input_ids[context_length:]
+    return input_ids, labels
+
+
+def pad_training_rows(rows, pad_id):
+    """[(input_ids, labels)] -> input_ids, labels tensors [B, longest]: right-padded with <pad> and IGNORE_INDEX."""
+    width = max(len(ids) for ids, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, lab) in enumerate(rows):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(lab)] = torch.tensor(lab)
+    return input_ids, labels
+
+
+def build_train_features(tokenizer, prompt, answer, max_source_length, max_target_length, ignore_pad_token_for_loss=True):
+    """input_ids and labels of one training row (fixed length max_source_length + max_target_length)."""
+    pad = tokenizer.pad_token_id
+    input_ids, labels = build_training_row(tokenizer, prompt, answer, max_source_length, max_target_length)
     pad_len = max_source_length + max_target_length - len(input_ids)
     input_ids = input_ids + [pad] * pad_len
     labels = labels + [pad] * pad_len
     if ignore_pad_token_for_loss:
-        labels = [(t if t != pad else -100) for t in labels]
+        labels = [(t if t != pad else IGNORE_INDEX) for t in labels]
     return input_ids, labels
 
 
@@ -149,7 +173,7 @@ def build_eval_features(tokenizer, prompt, answer, max_source_length, max_target
     src = tokenizer.encode(prompt, add_special_tokens=False)[: max(max_source_length - 2, 0)] + [gmask, sop]
     tgt = tokenizer.encode(answer, add_special_tokens=False)[: max(max_target_length - 2, 0)] + [gmask, sop]
     if ignore_pad_token_for_loss:
-        tgt = [(t if t != pad else -100) for t in tgt]
+        tgt = [(t if t != pad else IGNORE_INDEX) for t in tgt]
     return src, tgt
 
 
@@ -207,7 +231,7 @@ class ChatGLMCollator:
     Evaluation rows (prompt lengths differ): prompts left-padded by the tokenizer, which also returns the 2-D
     attention mask and [B, 2, L] position ids; labels padded with -100."""
 
-    def __init__(self, tokenizer, label_pad_token_id=-100):
+    def __init__(self, tokenizer, label_pad_token_id=IGNORE_INDEX):
         self.tokenizer = tokenizer
         self.label_pad_token_id = label_pad_token_id
 
@@ -217,7 +241,8 @@ class ChatGLMCollator:
         same_len = len({len(x) for x in ids}) == 1
         is_train = labels is not None and same_len and len({len(x) for x in labels}) == 1 and len(labels[0]) == len(ids[0])
         if is_train:
-            return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long)}
+            input_ids, labels = pad_training_rows(list(zip(ids, labels)), self.tokenizer.pad_token_id)
+            return {"input_ids": input_ids, "labels": labels}
         # the ChatGLM tokenizer pads on the left and adds the GLM position ids
         batch = dict(self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt"))
         if labels is not None:

@@ -15,22 +15,17 @@ import logging
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
+import datasets
+import torch
+import transformers
+from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 
-import datasets  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed  # noqa: E402
-
-from arguments import DataTrainingArguments, ModelArguments  # noqa: E402
-from data_utils import ChatGLMCollator, DataFileError, make_preprocessors, print_dataset_example, read_data_file  # noqa: E402
-from metrics import decode_ids, make_compute_metrics  # noqa: E402
-from prefix import PrefixCheckpointError, load_for_ptuning  # noqa: E402
-from trainer_seq2seq import Seq2SeqTrainer  # noqa: E402
+from ptuning.arguments import DataTrainingArguments, ModelArguments
+from ptuning.data_utils import (ChatGLMCollator, DataFileError, make_preprocessors, print_dataset_example,
+                                read_data_file)
+from ptuning.metrics import decode_ids, make_compute_metrics
+from ptuning.prefix import PrefixCheckpointError, load_for_ptuning
+from ptuning.trainer_seq2seq import Seq2SeqTrainer
 
 logger = logging.getLogger(__name__)
 

@@ -10,18 +10,10 @@ Model flags are those of ptuning/main.py (ModelArguments: --model_name_or_path, 
 checkpoint). The page is the one of the top-level web_demo.py (chatglm.webui.build_demo).
 """
 
-import os
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-for _path in (HERE, ROOT):
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-from arguments import ModelArguments  # noqa: E402
+from ptuning.arguments import ModelArguments
 
 
 @dataclass
@@ -38,7 +30,7 @@ def load_model(model_args, device="cpu"):
     On CUDA half precision with the prefix encoder in fp32 (as the original); on CPU fp32."""
     import torch
 
-    from prefix import load_for_ptuning
+    from ptuning.prefix import load_for_ptuning
 
     _, tokenizer, model = load_for_ptuning(model_args, dtype=torch.float32)
     if str(device) != "cpu":

@@ -77,7 +77,6 @@ def script_env():
         "PYTHONIOENCODING": "utf-8",
         "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
         "TOKENIZERS_PARALLELISM": "false",
-        "PYTHONPATH": str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
     })
     return env
 

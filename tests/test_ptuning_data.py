@@ -1,20 +1,17 @@
 """ptuning/: data checks, preprocessing layout and metrics (no model needed)."""
 
 import json
-import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import GOLDENS_DIR
+
+from ptuning import data_utils, metrics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PTUNING = REPO_ROOT / "ptuning"
-sys.path.insert(0, str(PTUNING))
-
-import data_utils  # noqa: E402
-import metrics  # noqa: E402
-from conftest import GOLDENS_DIR  # noqa: E402
 
 # ids of the goldens' tokenizer (tests/goldens/README.md)
 GMASK, SOP, EOP, PAD = 9967, 9970, 9971, 3
@@ -182,7 +179,7 @@ def test_csv_and_good_file(tmp_path):
 
 
 def test_main_rejects_bad_file_before_loading_model(tmp_path, capsys):
-    import main as ptuning_main
+    from ptuning import main as ptuning_main
 
     bad = write(tmp_path / "train.json", ['{"content": "a", "summary": "b"}', '{"content": "a", "summary": 3}'])
     with pytest.raises(SystemExit) as e:
@@ -238,7 +235,7 @@ def test_sample_data_is_reproducible(tmp_path):
 
 
 def test_arguments_cli_and_json_config(tmp_path):
-    import main as ptuning_main
+    from ptuning import main as ptuning_main
 
     common = {"model_name_or_path": "m", "train_file": "t.json", "prompt_column": "content",
               "response_column": "summary", "output_dir": str(tmp_path / "o"), "pre_seq_len": 8,
@@ -263,7 +260,7 @@ def test_arguments_cli_and_json_config(tmp_path):
 def test_dataclass_fields_and_defaults():
     import dataclasses
 
-    from arguments import DataTrainingArguments, ModelArguments
+    from ptuning.arguments import DataTrainingArguments, ModelArguments
 
     model_fields = {f.name: f.default for f in dataclasses.fields(ModelArguments)}
     assert list(model_fields) == ["model_name_or_path", "ptuning_checkpoint", "config_name", "tokenizer_name",

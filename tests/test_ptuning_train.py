@@ -19,7 +19,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PTUNING = REPO_ROOT / "ptuning"
 ADGEN = PTUNING / "data" / "AdvertiseGen_sample"
 CHAT = PTUNING / "data" / "chat_sample"
-sys.path.insert(0, str(PTUNING))
 
 SHORT = ["--max_source_length", "32", "--max_target_length", "16", "--use_cpu", "--report_to", "none",
          "--logging_steps", "1", "--seed", "0", "--dataloader_num_workers", "0"]
@@ -31,7 +30,7 @@ def base_model(door_checkpoint):
 
 
 def run_main(args):
-    import main as ptuning_main
+    from ptuning import main as ptuning_main
 
     return ptuning_main.main([str(a) for a in args])
 
@@ -108,7 +107,7 @@ def test_ptuning_eval_predict_outputs(ptuned):
 def test_ptuning_checkpoint_loads_back(ptuned, base_model):
     from types import SimpleNamespace
 
-    import prefix
+    from ptuning import prefix
 
     out, _ = ptuned
     ck = out / "checkpoint-4"
@@ -227,7 +226,7 @@ def test_full_finetune_then_predict(base_model, tmp_path, capsys):
 def script_env(extra):
     env = dict(os.environ)
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
-                "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO_ROOT)})
+                "TOKENIZERS_PARALLELISM": "false"})
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -13,7 +13,6 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PTUNING = REPO_ROOT / "ptuning"
 ADGEN = PTUNING / "data" / "AdvertiseGen_sample"
-sys.path.insert(0, str(PTUNING))
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +22,7 @@ def base_model(door_checkpoint):
 
 @pytest.fixture(scope="module")
 def prefix_checkpoint(base_model, tmp_path_factory):
-    import main as ptuning_main
+    from ptuning import main as ptuning_main
 
     out = tmp_path_factory.mktemp("webpt") / "run"
     ptuning_main.main(["--model_name_or_path", base_model, "--output_dir", str(out), "--do_train",
@@ -35,8 +34,8 @@ def prefix_checkpoint(base_model, tmp_path_factory):
 
 
 def load(base_model, checkpoint):
-    import web_demo
-    from arguments import ModelArguments
+    from ptuning import web_demo
+    from ptuning.arguments import ModelArguments
 
     args = ModelArguments(model_name_or_path=base_model, ptuning_checkpoint=checkpoint)
     return web_demo.load_model(args, "cpu")
@@ -87,7 +86,7 @@ def test_web_demo_script_serves_prefix_model(base_model, prefix_checkpoint):
 
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False",
-               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO_ROOT))
+               PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, str(PTUNING / "web_demo.py"), "--model_name_or_path", base_model,
                              "--ptuning_checkpoint", prefix_checkpoint, "--device", "cpu", "--port", str(port)],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

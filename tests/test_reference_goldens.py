@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
-import chatglm
+import chatglm  # noqa: F401  (registers the model type with the Auto classes)
 from chatglm.generation import InvalidScoreLogitsProcessor, build_prompt, process_response
 from conftest import GOLDENS_DIR
 
