@@ -8,6 +8,8 @@ import time
 import httpx
 import pytest
 
+pytestmark = pytest.mark.slow  # api.py as a server process
+
 
 MAX_LENGTH = 40
 

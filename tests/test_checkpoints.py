@@ -232,6 +232,7 @@ def test_loading_with_a_prefix_keeps_the_base_frozen(tiny_checkpoint):
     assert trainable == {"transformer.prefix_encoder.embedding.weight"}
 
 
+@pytest.mark.slow
 def test_export_is_self_contained(model, tokenizer, tmp_path):
     folder = export_checkpoint(model, tokenizer, tmp_path / "exported")
     script = (

@@ -91,6 +91,7 @@ class Terminal:
         os.close(self.master)
 
 
+@pytest.mark.slow
 def test_interactive_session(door_checkpoint, script_env):
     term = Terminal(["--model", door_checkpoint, "--max-length", str(MAX_LENGTH), "--device", "cpu"], script_env)
     try:
@@ -130,6 +131,7 @@ def test_interactive_session(door_checkpoint, script_env):
         term.close()
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_only_the_answer(tiny_checkpoint, script_env):
     # the random tiny model rarely ends an answer, so with a large max_length Ctrl-C arrives while the
     # answer is still being written
@@ -150,6 +152,7 @@ def test_ctrl_c_stops_only_the_answer(tiny_checkpoint, script_env):
         term.close()
 
 
+@pytest.mark.slow
 def test_piped_input_gives_plain_answers(door_checkpoint, door_model, script_env):
     tokenizer, model = door_model
     first, history = model.chat(tokenizer, "你好", history=[], max_length=MAX_LENGTH, do_sample=False)
@@ -168,6 +171,7 @@ def test_piped_input_gives_plain_answers(door_checkpoint, door_model, script_env
     assert "\x1b" not in result.stdout  # no screen control codes when piped
 
 
+@pytest.mark.slow
 def test_missing_model_is_one_clear_line(tmp_path, script_env):
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "cli_demo.py"), "--model", str(tmp_path / "nowhere")],

@@ -7,6 +7,8 @@ import pytest
 
 from _doors import REPO_ROOT
 
+pytestmark = pytest.mark.slow  # each example is a process that loads the model
+
 
 MODEL_EXAMPLES = {
     "chat_with_history.py": ["--max-length", "48"],

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # training runs, torchrun and the shell scripts
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PTUNING = REPO_ROOT / "ptuning"
 ADGEN = PTUNING / "data" / "AdvertiseGen_sample"

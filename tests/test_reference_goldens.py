@@ -197,6 +197,7 @@ def test_mask_token_preference():
     assert (own - tensors["batch_with_MASK_logits_last_ids_only"]).abs().max() < ATOL
 
 
+@pytest.mark.slow
 def test_generate_greedy_and_beam(reference, tokenizer):
     name, model, golden, tensors = reference
     for case in golden["single_prompts"]:
@@ -233,6 +234,7 @@ def test_cached_steps(reference, tokenizer):
             cache, positions = out.cache, model.transformer.get_position_ids(ids, mask, past_length=ids.shape[1] - 1)
 
 
+@pytest.mark.slow
 def test_chat_and_stream_chat(reference, tokenizer):
     name, model, golden, tensors = reference
     chat = golden["chat"]
@@ -250,6 +252,7 @@ def test_chat_and_stream_chat(reference, tokenizer):
     assert streamed[-1] == chat["round1"]["response"]
 
 
+@pytest.mark.slow
 def test_chat_drops_oldest_rounds_when_history_does_not_fit(reference, tokenizer):
     name, model, golden, tensors = reference
     round2 = golden["chat"]["round2_max_length_64"]

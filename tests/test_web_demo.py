@@ -11,6 +11,8 @@ import pytest
 
 from _doors import REPO_ROOT, ServerProcess, free_port
 
+pytestmark = pytest.mark.slow  # the web demo as a server process, driven by a browser
+
 CHROMIUM = os.environ.get("CHROMIUM_BINARY", "/usr/bin/chromium")
 CHROMEDRIVER = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
 SCREENSHOT = REPO_ROOT / "docs" / "web_demo.png"
