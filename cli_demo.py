@@ -8,7 +8,8 @@ screen, ``stop`` (or Ctrl-D) ends the program, Ctrl-C while an answer is being w
 answer only (at the prompt it drops the line typed so far). Arrow keys edit the line and walk through earlier inputs.
 
 When stdin or stdout is not a terminal (``echo 你好 | python cli_demo.py``), every input line is one
-message and the plain answers are printed one after another, for scripting.
+message and the plain answers are printed one after another, for scripting. A line that cannot be answered
+(not valid UTF-8, or too long for --max-length) gets a one-line message on stderr, and the session goes on.
 """
 
 import argparse
@@ -52,6 +53,25 @@ def render(history, welcome: str = WELCOME) -> str:
     return text
 
 
+def is_valid_text(text: str) -> bool:
+    """False for text holding undecodable bytes (which Python reads from a terminal as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def read_lines(stream):
+    """(line number, text) of each line of a byte stream; a line that is not valid UTF-8 is reported on stderr
+    and skipped, so the lines after it are still read."""
+    for number, raw in enumerate(stream, start=1):
+        try:
+            yield number, raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as err:
+            print(f"error: line {number} is not valid UTF-8 (byte {err.start + 1}); skipped", file=sys.stderr)
+
+
 def _enable_line_editing() -> None:
     try:
         import readline  # noqa: F401  (importing it gives input() line editing and history)
@@ -84,6 +104,8 @@ class _AnswerInterrupt:
 
 def interactive(model, tokenizer, args) -> None:
     _enable_line_editing()
+    # Undecodable bytes reach us as lone surrogates (checked below) instead of raising inside input().
+    sys.stdin.reconfigure(errors="surrogateescape")
     history = []
     out = sys.stdout
     out.write(CLEAR_SCREEN + WELCOME + "\n")
@@ -96,6 +118,9 @@ def interactive(model, tokenizer, args) -> None:
             return
         except KeyboardInterrupt:  # Ctrl-C at the prompt drops the line typed so far
             out.write("\n")
+            continue
+        if not is_valid_text(query):
+            out.write("error: the input is not valid UTF-8; type it again\n")
             continue
         command = query.strip()
         if command == "stop":
@@ -122,6 +147,9 @@ def interactive(model, tokenizer, args) -> None:
                         last_draw = now
             except KeyboardInterrupt:
                 pass
+            except ValueError as err:  # the question does not fit --max-length
+                out.write(f"error: {err}\n")
+                continue
         history = [tuple(turn) for turn in new_history]
         out.write(CLEAR_SCREEN + render(history) + "\n")
         out.flush()
@@ -130,8 +158,7 @@ def interactive(model, tokenizer, args) -> None:
 def batch(model, tokenizer, args) -> None:
     """Non-interactive use: one message per input line, the plain answer on stdout."""
     history = []
-    for line in sys.stdin:
-        query = line.rstrip("\r\n")
+    for number, query in read_lines(sys.stdin.buffer):
         command = query.strip()
         if command == "stop":
             break
@@ -140,7 +167,11 @@ def batch(model, tokenizer, args) -> None:
             continue
         if not command:
             continue
-        response, history = model.chat(tokenizer, query, history=history, **generation_kwargs(args))
+        try:
+            response, history = model.chat(tokenizer, query, history=history, **generation_kwargs(args))
+        except ValueError as err:  # the question does not fit --max-length
+            print(f"error: line {number}: {err}", file=sys.stderr)
+            continue
         sys.stdout.write(response + "\n")
         sys.stdout.flush()
 

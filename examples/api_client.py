@@ -11,12 +11,13 @@ import urllib.request
 parser = argparse.ArgumentParser(description="Two rounds of chat through api.py")
 parser.add_argument("--url", default="http://127.0.0.1:8000")
 parser.add_argument("--max-length", type=int, default=256)
+parser.add_argument("--temperature", type=float, default=0.95, help="0: greedy, the same answer every time")
 args = parser.parse_args()
 
 
 def ask(prompt, history):
     body = json.dumps({"prompt": prompt, "history": history, "max_length": args.max_length,
-                       "top_p": 0.7, "temperature": 0.95}).encode("utf-8")
+                       "top_p": 0.7, "temperature": args.temperature}).encode("utf-8")
     request = urllib.request.Request(args.url + "/", data=body, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=600) as reply:

@@ -11,8 +11,9 @@ tokenizer = AutoTokenizer.from_pretrained(args.model)
 model = AutoModel.from_pretrained(args.model).float().eval()
 
 printed = ""
+# do_sample=False: greedy decoding, the same answer every time (drop it to sample, as chat() does by default)
 for partial, history in model.stream_chat(tokenizer, "用三句话介绍一下北京", history=[],
-                                          max_length=args.max_length, top_p=0.7, temperature=0.95):
+                                          max_length=args.max_length, do_sample=False):
     # each step yields the whole answer so far: print only the new part
     print(partial[len(printed):], end="", flush=True)
     printed = partial

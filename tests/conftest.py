@@ -45,6 +45,16 @@ def build_tiny_checkpoint(folder, *, num_layers=2, hidden_size=64, num_attention
     return str(folder)
 
 
+def greedy_answer(model, tokenizer, query, max_length):
+    """What model.chat(tokenizer, query, history=[], do_sample=False) must answer, computed through
+    generate() alone."""
+    from chatglm.modeling_chatglm import process_response
+
+    inputs = tokenizer([query], return_tensors="pt")
+    output = model.generate(**inputs, max_length=max_length, do_sample=False)
+    return process_response(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:].tolist()))
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     return build_tiny_checkpoint(tmp_path_factory.mktemp("tiny-chatglm"))

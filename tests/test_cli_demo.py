@@ -82,7 +82,7 @@ class Terminal:
             self.buffer = re.sub(r"\x1b\[\?\d+[hl]", "", text).replace("\r", "")
 
     def send(self, text):
-        os.write(self.master, text.encode("utf-8"))
+        os.write(self.master, text if isinstance(text, bytes) else text.encode("utf-8"))
 
     def close(self):
         if self.proc.poll() is None:
@@ -92,8 +92,12 @@ class Terminal:
 
 
 @pytest.mark.slow
-def test_interactive_session(door_checkpoint, script_env):
-    term = Terminal(["--model", door_checkpoint, "--max-length", str(MAX_LENGTH), "--device", "cpu"], script_env)
+def test_interactive_session(door_checkpoint, door_model, script_env):
+    tokenizer, model = door_model
+    first, history = model.chat(tokenizer, "你好", history=[], max_length=MAX_LENGTH, do_sample=False)
+    second, _ = model.chat(tokenizer, "再说一遍", history=history, max_length=MAX_LENGTH, do_sample=False)
+    term = Terminal(["--model", door_checkpoint, "--max-length", str(MAX_LENGTH), "--temperature", "0",
+                     "--device", "cpu"], script_env)
     try:
         term.read_until(r"clear.*stop.*\n", timeout=120)
         term.wait_for_prompt(timeout=120)
@@ -105,17 +109,26 @@ def test_interactive_session(door_checkpoint, script_env):
         assert after.count(CLEAR) >= 2, "the streaming answer should redraw the screen at least twice"
         last_screen = after[after.rindex(CLEAR) + len(CLEAR):]
         assert "clear" in last_screen.split("\n", 1)[0]  # the welcome line stays on top
-        assert "\n\n用户：你好\n\nChatGLM-6B：" in last_screen
-        answer = last_screen.split("ChatGLM-6B：", 1)[1].rsplit("\n\n用户：", 1)[0].strip()
+        assert last_screen.endswith(f"\n\n用户：你好\n\nChatGLM-6B：{first}\n\n用户：")
 
         # a second round keeps the first one on screen
         mark = len(term.buffer)
         term.send("再说一遍\n")
         term.wait_for_prompt(start=mark)
         screen = term.buffer[term.buffer.rindex(CLEAR):]
-        assert "用户：你好" in screen and "用户：再说一遍" in screen
-        if answer:
-            assert answer.splitlines()[0] in screen
+        assert screen.endswith(f"\n\n用户：你好\n\nChatGLM-6B：{first}\n\n用户：再说一遍\n\nChatGLM-6B：{second}\n\n用户：")
+
+        # a line of invalid UTF-8 and a question too long for --max-length: one line each, the session goes on
+        mark = len(term.buffer)
+        term.send(b"\xff\xfe\n")
+        term.wait_for_prompt(start=mark)
+        assert "error: the input is not valid UTF-8; type it again\n" in term.buffer[mark:]
+        mark = len(term.buffer)
+        term.send("你好" * MAX_LENGTH + "\n")
+        term.wait_for_prompt(start=mark)
+        errors = [line for line in term.buffer[mark:].splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and f"max_length={MAX_LENGTH}" in errors[0], term.buffer[mark:]
+        assert "Traceback" not in term.buffer
 
         # clear: history and screen are emptied
         mark = len(term.buffer)
@@ -153,22 +166,31 @@ def test_ctrl_c_stops_only_the_answer(tiny_checkpoint, script_env):
 
 
 @pytest.mark.slow
-def test_piped_input_gives_plain_answers(door_checkpoint, door_model, script_env):
+def test_piped_input_gives_plain_answers_and_survives_bad_lines(door_checkpoint, door_model, script_env):
     tokenizer, model = door_model
     first, history = model.chat(tokenizer, "你好", history=[], max_length=MAX_LENGTH, do_sample=False)
     second, _ = model.chat(tokenizer, "晚上睡不着应该怎么办", history=history, max_length=MAX_LENGTH,
                            do_sample=False)
     fresh, _ = model.chat(tokenizer, "你好", history=[], max_length=MAX_LENGTH, do_sample=False)
 
-    lines = "你好\n\n晚上睡不着应该怎么办\nclear\n你好\nstop\nthis line is never read\n"
+    invalid_utf8 = b"\xe4\xbd caf\xe9\n"  # a cut-off character and a Latin-1 byte
+    long_line = ("很长的问题" * 20_000 + "\n").encode("utf-8")  # 300 KB
+    lines = (b"\xe4\xbd\xa0\xe5\xa5\xbd\n\n" + invalid_utf8 + long_line
+             + "晚上睡不着应该怎么办\nclear\n你好\nstop\nthis line is never read\n".encode("utf-8"))
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "cli_demo.py"), "--model", door_checkpoint, "--max-length",
          str(MAX_LENGTH), "--temperature", "0", "--device", "cpu"],
-        input=lines, capture_output=True, text=True, encoding="utf-8", cwd=str(REPO_ROOT), env=script_env,
-        timeout=180)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == f"{first}\n{second}\n{fresh}\n"
-    assert "\x1b" not in result.stdout  # no screen control codes when piped
+        input=lines, capture_output=True, cwd=str(REPO_ROOT), env=script_env, timeout=180)
+    stdout, stderr = result.stdout.decode("utf-8"), result.stderr.decode("utf-8")
+    assert result.returncode == 0, stderr
+    # the bad lines are skipped: the conversation goes on with the round before them
+    assert stdout == f"{first}\n{second}\n{fresh}\n"
+    assert "\x1b" not in stdout  # no screen control codes when piped
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2, stderr
+    assert errors[0] == "error: line 3 is not valid UTF-8 (byte 1); skipped"
+    assert errors[1].startswith("error: line 4: ") and f"max_length={MAX_LENGTH}" in errors[1]
 
 
 @pytest.mark.slow

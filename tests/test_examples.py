@@ -51,9 +51,12 @@ def test_chat_with_history(outputs, door_model):
     assert "rounds in history: 2" in out
 
 
-def test_streaming(outputs):
-    out = outputs["streaming.py"]
-    assert out.endswith("\n")
+def test_streaming(outputs, door_model):
+    # the pieces printed while streaming add up to the whole greedy answer
+    tokenizer, model = door_model
+    answer, _ = model.chat(tokenizer, "用三句话介绍一下北京", history=[], max_length=48, do_sample=False)
+    assert answer
+    assert outputs["streaming.py"] == answer + "\n"
 
 
 def test_batch_generate(outputs, door_model):
@@ -75,6 +78,11 @@ def test_batch_generate(outputs, door_model):
     assert lines[0] == f"你好 -> {expected}"
 
 
-def test_api_client(api_server, script_env):
-    out = run_example("api_client.py", ["--url", api_server.url, "--max-length", "48"], script_env)
-    assert "Q: 你好\nA: " in out and "Q: 晚上睡不着应该怎么办\nA: " in out
+def test_api_client(api_server, script_env, door_model):
+    out = run_example("api_client.py", ["--url", api_server.url, "--max-length", "48", "--temperature", "0"],
+                      script_env)
+    tokenizer, model = door_model
+    first, history = model.chat(tokenizer, "你好", history=[], max_length=48, do_sample=False)
+    second, _ = model.chat(tokenizer, "晚上睡不着应该怎么办", history=history, max_length=48, do_sample=False)
+    assert f"Q: 你好\nA: {first}\n" in out
+    assert f"Q: 晚上睡不着应该怎么办\nA: {second}\n" in out

@@ -4,6 +4,8 @@ import argparse
 
 import pytest
 import torch
+from conftest import greedy_answer
+from transformers import AutoModel
 
 from chatglm import loader
 from chatglm.cli import add_model_args, bounded, run_script
@@ -43,7 +45,9 @@ def test_dtype_and_quantize(tiny_checkpoint):
                                                           "--quantize", str(bits)))
         assert model.config.quantization_bit == bits
         response, _ = model.chat(tokenizer, "你好", max_length=24, do_sample=False)
-        assert isinstance(response, str)
+        # --quantize gives the model that quantizing the loaded fp32 model gives
+        expected = AutoModel.from_pretrained(tiny_checkpoint, dtype=torch.float32).eval().quantize(bits)
+        assert response == greedy_answer(expected, tokenizer, "你好", max_length=24)
 
 
 def test_bundled_checkpoint_is_the_default(capsys):
