@@ -48,7 +48,7 @@ def build_tiny_checkpoint(folder, *, num_layers=2, hidden_size=64, num_attention
 def greedy_answer(model, tokenizer, query, max_length):
     """What model.chat(tokenizer, query, history=[], do_sample=False) must answer, computed through
     generate() alone."""
-    from chatglm.modeling_chatglm import process_response
+    from chatglm.generation import process_response
 
     inputs = tokenizer([query], return_tensors="pt")
     output = model.generate(**inputs, max_length=max_length, do_sample=False)

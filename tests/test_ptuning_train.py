@@ -227,6 +227,8 @@ def test_full_finetune_then_predict(base_model, tmp_path, capsys):
 
 def script_env(extra):
     env = dict(os.environ)
+    # the shell scripts call `python3`: let that be the interpreter running the tests (e.g. a virtualenv's)
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
                 "TOKENIZERS_PARALLELISM": "false"})
     env.update({k: str(v) for k, v in extra.items()})
