@@ -112,12 +112,9 @@ class SelfAttention(nn.Module):
         return torch.matmul(probs, v), probs
 
 
-def gelu(x):
-    return 0.5 * x * (1.0 + torch.tanh(0.7978845608028654 * x * (1.0 + 0.044715 * x * x)))
-
-
-class GLU(nn.Module):
-    """The feed-forward block (named GLU in the original, though it is a plain GELU MLP)."""
+class MLP(nn.Module):
+    """The feed-forward block: Linear -> GELU (tanh approximation) -> Linear. The original names this class
+    GLU, though nothing gates it; the parameter names are the original's."""
 
     def __init__(self, config):
         super().__init__()
@@ -125,7 +122,7 @@ class GLU(nn.Module):
         self.dense_4h_to_h = nn.Linear(config.inner_hidden_size, config.hidden_size)
 
     def forward(self, x):
-        return self.dense_4h_to_h(gelu(self.dense_h_to_4h(x)))
+        return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh"))
 
 
 class GLMBlock(GradientCheckpointingLayer):
@@ -136,7 +133,7 @@ class GLMBlock(GradientCheckpointingLayer):
         self.input_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
         self.attention = SelfAttention(config, layer_id)
         self.post_attention_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
-        self.mlp = GLU(config)
+        self.mlp = MLP(config)
 
     def forward(self, hidden_states, rotary, attention_mask, prefix_key=None, prefix_value=None, cache=None,
                 output_attentions=False):
@@ -281,7 +278,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
             return None
         return allowed[:, None]
 
-    def get_prompt(self, batch_size, device, dtype):
+    def prefix_key_values(self, batch_size, device, dtype):
         """The P-Tuning prefix: keys of layer i at [2i], values at [2i + 1], each [batch, heads, pre_seq_len, head_dim].
 
         Kept out of the KV cache so that gradient checkpointing (which drops caches) still sees it."""
@@ -313,7 +310,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         batch, seq = input_ids.shape
 
         prefix_length = self.pre_seq_len or 0
-        prefix = self.get_prompt(batch, input_ids.device, hidden_states.dtype) if prefix_length else None
+        prefix = self.prefix_key_values(batch, input_ids.device, hidden_states.dtype) if prefix_length else None
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
         past_length = cache.get_seq_length() if cache is not None else 0
@@ -455,7 +452,7 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
 
     def quantize(self, bits, empty_init=False, **kwargs):
         """Weight-only INT8/INT4 quantization of the four Linear layers of every block, in place
-        (REFERENCE: one fp16 scale per output row). Works on CPU and GPU. Returns the model.
+        (one fp16 scale per output row, as the original). Works on CPU and GPU. Returns the model.
 
         `empty_init=True` (the original's argument) only allocates the quantized layers, for weights
         loaded afterwards."""
