@@ -21,10 +21,9 @@ import transformers
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 
 from ptuning.arguments import DataTrainingArguments, ModelArguments
-from ptuning.data_utils import (ChatGLMCollator, DataFileError, make_preprocessors, print_dataset_example,
-                                read_data_file)
+from ptuning.data_utils import ChatGLMCollator, DataFileError, make_preprocessors, print_dataset_example, read_data_file
 from ptuning.metrics import decode_ids, make_compute_metrics
-from ptuning.prefix import PrefixCheckpointError, load_for_ptuning
+from ptuning.prefix import PrefixCheckpointError, half_with_fp32_prefix, load_for_ptuning
 from ptuning.trainer_seq2seq import Seq2SeqTrainer
 
 logger = logging.getLogger(__name__)
@@ -131,22 +130,16 @@ def main(argv=None):
     raw = load_raw_datasets(data_args, model_args, training_args)
 
     # ---- model ----
-    on_cuda = training_args.device.type == "cuda"
     try:
         config, tokenizer, model = load_for_ptuning(
             model_args, dtype=torch.float32, cache_dir=model_args.cache_dir,
             token=True if model_args.use_auth_token else None, revision=model_args.model_revision)
     except PrefixCheckpointError as e:
         _fail(str(e))
-    if model_args.pre_seq_len is not None:
-        if on_cuda:
-            # as the original: half precision, the trainable prefix encoder in fp32
-            model = model.half()
-            model.transformer.prefix_encoder.float()
-        else:
-            model = model.float()  # on CPU fp16 training is not sensible: keep fp32
+    if training_args.device.type == "cuda" and model_args.pre_seq_len is not None:
+        model = half_with_fp32_prefix(model)
     else:
-        model = model.float()
+        model = model.float()  # full fine-tuning, and on CPU, where fp16 training is not sensible
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     logger.info("Trainable parameters: %d of %d (%.4f%%)", n_train, n_all, 100.0 * n_train / max(n_all, 1))
@@ -193,14 +186,8 @@ def main(argv=None):
         gen_kwargs["num_beams"] = training_args.generation_num_beams
 
     if training_args.do_train:
-        if hasattr(model, "activation_checkpointing_enable"):  # the transformers 5 name
-            model.activation_checkpointing_enable()
-        else:
-            model.gradient_checkpointing_enable()
-        try:
-            model.enable_input_require_grads()
-        except (AttributeError, NotImplementedError):
-            pass
+        model.activation_checkpointing_enable()
+        model.enable_input_require_grads()
 
     trainer = Seq2SeqTrainer(
         model=model,

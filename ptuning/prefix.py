@@ -108,6 +108,15 @@ def load_prefix_checkpoint(model, checkpoint, prefix_state=None):
     return model
 
 
+def half_with_fp32_prefix(model):
+    """The model in half precision with its P-Tuning prefix encoder (if any) kept in fp32, as the original runs
+    it on GPUs: the prefix is what trains."""
+    model = model.half()
+    if model.config.pre_seq_len is not None:
+        model.transformer.prefix_encoder.float()
+    return model
+
+
 def checkpoint_config_value(checkpoint, name):
     path = os.path.join(checkpoint, "config.json") if os.path.isdir(checkpoint) else None
     if path and os.path.isfile(path):

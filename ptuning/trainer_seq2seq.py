@@ -12,7 +12,8 @@ import os
 import torch
 from transformers import Seq2SeqTrainer as _HFSeq2SeqTrainer
 
-PREFIX = "transformer.prefix_encoder."
+from ptuning.prefix import PREFIX
+
 WEIGHTS_NAME = "pytorch_model.bin"
 TRAINING_ARGS_NAME = "training_args.bin"
 

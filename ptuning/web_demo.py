@@ -30,13 +30,11 @@ def load_model(model_args, device="cpu"):
     On CUDA half precision with the prefix encoder in fp32 (as the original); on CPU fp32."""
     import torch
 
-    from ptuning.prefix import load_for_ptuning
+    from ptuning.prefix import half_with_fp32_prefix, load_for_ptuning
 
     _, tokenizer, model = load_for_ptuning(model_args, dtype=torch.float32)
     if str(device) != "cpu":
-        model = model.half()
-        if model_args.pre_seq_len is not None:
-            model.transformer.prefix_encoder.float()
+        model = half_with_fp32_prefix(model)
     model = model.to(device).eval()
     return tokenizer, model
 
