@@ -54,6 +54,7 @@ def test_int4_kernel_layout_matches_torchs_converter():
     assert torch.equal(to_int4_cpu_layout(pack_int4(values), layout), expected)
 
 
+@pytest.mark.slow  # a fresh interpreter per CPU capability
 @pytest.mark.parametrize("capability", ["avx2", "default"])
 def test_int4_layout_is_detected_for_other_cpu_kernels(capability):
     """torch picks its kernels (and int4 layout) by CPU capability; ATEN_CPU_CAPABILITY forces another."""
