@@ -136,8 +136,8 @@ def interactive(model, tokenizer, args) -> None:
         last_draw = 0.0
         with _AnswerInterrupt() as interrupt:
             try:
-                for response, new_history in model.stream_chat(tokenizer, query, history=history,
-                                                                 **generation_kwargs(args)):
+                for _response, new_history in model.stream_chat(tokenizer, query, history=history,
+                                                                  **generation_kwargs(args)):
                     if interrupt.requested:
                         break
                     now = time.monotonic()

@@ -12,7 +12,7 @@ answers are generated at once (default 1, so one model is never used by two gene
 """
 
 import html
-from typing import Iterable, List, Sequence, Tuple
+from collections.abc import Iterable, Sequence
 
 from .generation import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generation_options
 
@@ -25,7 +25,7 @@ LATEX_DELIMITERS = [
 
 
 
-def history_to_messages(history: Iterable[Sequence[str]]) -> List[dict]:
+def history_to_messages(history: Iterable[Sequence[str]]) -> list[dict]:
     """[(question, answer), ...] -> gradio messages [{"role": "user", ...}, {"role": "assistant", ...}, ...]"""
     messages = []
     for question, answer in history:
@@ -42,7 +42,7 @@ def build_demo(tokenizer, model, *, title: str = "ChatGLM", concurrency_limit: i
         # empties the input box at once and hands the text to `predict`
         return "", text
 
-    def predict(query: str, max_length, top_p, temperature, history: List[Tuple[str, str]]):
+    def predict(query: str, max_length, top_p, temperature, history: list[tuple[str, str]]):
         history = [tuple(turn) for turn in (history or [])]
         if not query or not query.strip():  # empty input is ignored
             yield history_to_messages(history), history

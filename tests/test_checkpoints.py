@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from conftest import GOLDENS_DIR, greedy_answer
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
@@ -16,7 +17,6 @@ import chatglm
 from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
 from chatglm.export import export_checkpoint
 from chatglm.quantization import QuantizedLinear, quantize_weight, unpack_int4
-from conftest import GOLDENS_DIR, greedy_answer
 
 
 def small_config(tokenizer, **overrides):
@@ -198,7 +198,7 @@ def test_clear_errors_for_wrong_folders(tmp_path, tiny_checkpoint):
         ChatGLMForConditionalGeneration.from_pretrained(tmp_path)
     no_vocab = tmp_path / "no-vocab"
     no_vocab.mkdir()
-    (no_vocab / "tokenizer_config.json").write_text((open(os.path.join(tiny_checkpoint, "tokenizer_config.json")).read()))
+    (no_vocab / "tokenizer_config.json").write_text(open(os.path.join(tiny_checkpoint, "tokenizer_config.json")).read())
     with pytest.raises(ValueError, match="ice_text.model"):
         chatglm.ChatGLMTokenizer.from_pretrained(no_vocab)
 

@@ -5,9 +5,9 @@ cached and uncached generation and stream_generate; and the private generate() h
 
 import pytest
 import torch
+from conftest import GOLDENS_DIR
 
 import chatglm
-from conftest import GOLDENS_DIR
 
 MASK, GMASK, SOP, EOP, PAD = 9966, 9967, 9970, 9971, 3
 
