@@ -4,6 +4,7 @@ says what to do."""
 
 import os
 import re
+import sys
 
 from .errors import ModelLoadError
 
@@ -55,13 +56,22 @@ def in_hub_cache(model_id):
 
 def hub_load_options(model_id):
     """``from_pretrained`` options for a hub id: the cached copy when there is one (no network needed), else a
-    download. Offline and not cached fails at once; a failed download is explained by ``explain_failure``."""
+    download. Its first file (config.json) is fetched here, so that a wrong id or no connection fails with one
+    line after huggingface_hub's own retries, before the tokenizer and weights are asked for file by file."""
+    from huggingface_hub import hf_hub_download
+
     if in_hub_cache(model_id):
         return {"local_files_only": True}
     if hub_offline():
         raise ModelLoadError(
             f"model {model_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
             + DOWNLOAD_HINT.format(model=model_id) + " (or unset HF_HUB_OFFLINE to download it)")
+    print(f"Downloading {model_id} into the Hugging Face cache (the 6B model is about 13 GB) ...",
+          file=sys.stderr, flush=True)
+    try:
+        hf_hub_download(model_id, "config.json")
+    except OSError as exc:  # huggingface_hub's errors (no connection, unknown or gated repository) are OSErrors
+        raise explain_failure(model_id, False, exc) from None
     return {}
 
 

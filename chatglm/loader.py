@@ -87,8 +87,6 @@ def load_model_and_tokenizer(args=None, **overrides):
             f"are only a demonstration; for the real ChatGLM-6B add --model {REAL_MODEL_ID} (about 13 GB of "
             f"GPU memory, or --quantize 4 for about 6 GB).")
     hub_options = {} if is_local else hub_load_options(path)
-    if not is_local and not hub_options:
-        log(f"Downloading {path} into the Hugging Face cache (the 6B model is about 13 GB) ...")
 
     if num_gpus > 1:
         if settings["device"] not in ("auto", "cuda"):

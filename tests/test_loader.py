@@ -125,3 +125,42 @@ def test_run_script_passes_other_errors_through():
     with pytest.raises(KeyError):
         run_script(main)
     assert run_script(lambda: 7) == 7
+
+
+
+@pytest.mark.slow
+def test_unknown_hub_id_fails_with_one_line(tmp_path, script_env):
+    """Online, a hub id that is not cached is asked for once; the hub's answer (here from a real local HTTP
+    server that knows no repository) ends the script with one line saying what to do, and status 1."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from conftest import REPO_ROOT
+
+    class NoRepositories(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(404)
+            self.send_header("X-Error-Code", "RepoNotFound")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NoRepositories)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {k: v for k, v in script_env.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update(HF_ENDPOINT=f"http://127.0.0.1:{server.server_address[1]}", HF_HUB_CACHE=str(tmp_path))
+    try:
+        result = subprocess.run([sys.executable, str(REPO_ROOT / "cli_demo.py"), "--model", "THUDM/not-a-repo"],
+                                cwd=str(REPO_ROOT), env=env, input="", capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not load THUDM/not-a-repo from the Hugging Face hub (RepositoryNotFoundError")
+    assert "huggingface-cli download THUDM/not-a-repo" in last
+    assert "Traceback" not in result.stderr
