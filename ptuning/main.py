@@ -20,6 +20,7 @@ import torch
 import transformers
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 
+from chatglm.generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from ptuning.arguments import DataTrainingArguments, ModelArguments
 from ptuning.data_utils import ChatGLMCollator, DataFileError, make_preprocessors, print_dataset_example, read_data_file
 from ptuning.metrics import decode_ids, make_compute_metrics
@@ -84,7 +85,8 @@ def load_raw_datasets(data_args, model_args, training_args):
         wanted["test"] = data_args.test_file
     raw = {}
     if data_args.dataset_name is not None:
-        hub = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name, cache_dir=model_args.cache_dir)
+        hub = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name,
+                                    cache_dir=model_args.cache_dir)
         for split in wanted:
             if split not in hub:
                 _fail(f"--dataset_name {data_args.dataset_name} has no '{split}' split (it has {', '.join(hub)})")
@@ -173,10 +175,11 @@ def main(argv=None):
     label_pad = -100 if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id
     collator = ChatGLMCollator(tokenizer, label_pad_token_id=label_pad)
 
-    # Generation settings of the original: sampling, top_p 0.7, temperature 0.95,
+    # Generation settings of the original: chat's sampling settings,
     # max_length = max_source_length + max_target_length + 1 (prompt included).
     max_seq_length = data_args.max_source_length + data_args.max_target_length + 1
-    gen_kwargs = {"do_sample": True, "top_p": 0.7, "temperature": 0.95, "max_length": max_seq_length}
+    gen_kwargs = {"do_sample": True, "top_p": DEFAULT_TOP_P, "temperature": DEFAULT_TEMPERATURE,
+                  "max_length": max_seq_length}
     training_args.generation_max_length = (training_args.generation_max_length
                                            if training_args.generation_max_length is not None
                                            else data_args.val_max_target_length)
@@ -238,8 +241,8 @@ def main(argv=None):
             os.makedirs(training_args.output_dir, exist_ok=True)
             path = os.path.join(training_args.output_dir, "generated_predictions.txt")
             with open(path, "w", encoding="utf-8") as f:
-                for p, l in zip(predictions, labels):
-                    f.write(json.dumps({"labels": l, "predict": p}, ensure_ascii=False) + "\n")
+                for predicted, label in zip(predictions, labels):
+                    f.write(json.dumps({"labels": label, "predict": predicted}, ensure_ascii=False) + "\n")
             logger.info("Predictions written to %s", path)
     return results
 
