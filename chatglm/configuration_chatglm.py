@@ -7,7 +7,8 @@ class ChatGLMConfig(PretrainedConfig):
     """Hyper-parameters of a ChatGLM model.
 
     The defaults describe the real 6B model. `quantization_bit` 4 or 8 builds weight-only quantized
-    block Linear layers (the `-int4`/`-int8` checkpoints); `pre_seq_len` adds a P-Tuning v2 prefix
+    block Linear layers (the `-int4`/`-int8` checkpoints), and with `quantization_embeddings` also the
+    word embeddings and the LM head tied to them (the `-int4-qe` checkpoint); `pre_seq_len` adds a P-Tuning v2 prefix
     encoder and freezes everything else.
     """
 
@@ -36,6 +37,7 @@ class ChatGLMConfig(PretrainedConfig):
         inner_hidden_size=16384,
         position_encoding_2d=True,
         quantization_bit=0,
+        quantization_embeddings=False,
         pre_seq_len=None,
         prefix_projection=False,
         tie_word_embeddings=True,
@@ -53,6 +55,7 @@ class ChatGLMConfig(PretrainedConfig):
         self.inner_hidden_size = inner_hidden_size
         self.position_encoding_2d = position_encoding_2d
         self.quantization_bit = quantization_bit
+        self.quantization_embeddings = quantization_embeddings
         self.pre_seq_len = pre_seq_len
         self.prefix_projection = prefix_projection
         super().__init__(

@@ -26,6 +26,10 @@ CPU_COMPUTE_DTYPE = torch.bfloat16
 # From this many tokens on, expanding the weight to bfloat16 and calling F.linear is faster on CPU than
 # the weight-only kernels (measured with benchmarks/quantized_kernels.py on the perf machine).
 DEQUANTIZED_MATMUL_MIN_TOKENS = {8: 32, 4: 128}
+# That bfloat16 copy lives in a reusable buffer; no bigger than ChatGLM-6B's largest block layer (134 MB),
+# so the LM head of quantized embeddings keeps to the kernels.
+SCRATCH_MAX_VALUES = 16384 * 4096
+KERNEL_ALIGNMENT = 64
 
 
 def _check_bits(bits):
@@ -84,8 +88,12 @@ def _split_block_rows(t, layout):
     return blocks[:, 0], blocks[:, 1]
 
 
-def to_int4_cpu_layout(packed, layout):
-    """Kernel bytes uint8 [N, K / 2] from the original's packed int8 [N, K / 2]."""
+def _tail_layout(rows, layout):
+    """Rows past the last full block form one smaller block, which the kernel packs in pairs."""
+    return Int4CpuLayout(rows % layout.rows, True)
+
+
+def _blocks_to_kernel(packed, layout):
     low_rows, high_rows = _split_block_rows(packed.view(torch.uint8), layout)  # [blocks, rows / 2, K / 2]
     # Each original byte holds columns 2j (high nibble) and 2j + 1 (low nibble); ^ 0x88 adds 8 to both.
     even = ((low_rows >> 4) | (high_rows & 0xF0)) ^ 0x88
@@ -94,8 +102,7 @@ def to_int4_cpu_layout(packed, layout):
     return blocks.transpose(1, 2).contiguous().view(packed.shape[0], -1)  # [blocks, K, rows / 2] -> [N, K / 2]
 
 
-def from_int4_cpu_layout(kernel_bytes, layout):
-    """The original's packed int8 [N, K / 2] from kernel bytes [N, K / 2] (inverse of to_int4_cpu_layout)."""
+def _blocks_from_kernel(kernel_bytes, layout):
     rows, in_features = kernel_bytes.shape[0], kernel_bytes.shape[1] * 2
     blocks = kernel_bytes.view(-1, in_features, layout.rows // 2).transpose(1, 2)  # [blocks, rows / 2, K]
     columns = blocks.reshape(blocks.shape[0], blocks.shape[1], -1, 2) ^ 0x88  # [blocks, rows / 2, K / 2, 2]
@@ -107,13 +114,53 @@ def from_int4_cpu_layout(kernel_bytes, layout):
     return packed.view(torch.int8)
 
 
+def to_int4_cpu_layout(packed, layout):
+    """Kernel bytes uint8 [N, K / 2] from the original's packed int8 [N, K / 2]."""
+    full = packed.shape[0] - packed.shape[0] % layout.rows
+    if full == packed.shape[0]:
+        return _blocks_to_kernel(packed, layout)
+    parts = (_blocks_to_kernel(packed[:full], layout), _blocks_to_kernel(packed[full:], _tail_layout(len(packed), layout)))
+    return torch.cat([part.flatten() for part in parts]).view(packed.shape)
+
+
+def from_int4_cpu_layout(kernel_bytes, layout):
+    """The original's packed int8 [N, K / 2] from kernel bytes [N, K / 2] (inverse of to_int4_cpu_layout)."""
+    rows, width = kernel_bytes.shape
+    full = rows - rows % layout.rows
+    if full == rows:
+        return _blocks_from_kernel(kernel_bytes, layout)
+    flat = kernel_bytes.flatten()
+    return torch.cat((_blocks_from_kernel(flat[: full * width].view(full, width), layout),
+                      _blocks_from_kernel(flat[full * width :].view(rows - full, width), _tail_layout(rows, layout))))
+
+
+def int4_cpu_layout_rows(kernel_bytes, layout, row_ids):
+    """Signed values int8 [*row_ids.shape, K] of some rows of a weight in kernel bytes [N, K / 2]: the
+    lookup of quantized word embeddings that share their weight with the LM head."""
+    rows, in_features = kernel_bytes.shape[0], kernel_bytes.shape[1] * 2
+    full = rows - rows % layout.rows
+    ids = row_ids.flatten()
+    in_tail = ids >= full
+    block_rows = torch.where(in_tail, rows - full, layout.rows)
+    paired = in_tail | layout.paired
+    position = torch.where(in_tail, ids - full, ids % layout.rows)  # row within its block
+    half = block_rows // 2
+    column = torch.where(paired, position // 2, position % half)  # byte within the block's k-th run
+    high = torch.where(paired, position % 2 == 1, position >= half)
+    block_start = (ids - position) * (in_features // 2)
+    index = block_start[:, None] + torch.arange(in_features) * half[:, None] + column[:, None]  # [ids, K]
+    values = kernel_bytes.flatten()[index]
+    values = torch.where(high[:, None], values >> 4, values & 0x0F).to(torch.int8) - 8
+    return values.view(*row_ids.shape, in_features)
+
+
 @functools.lru_cache(maxsize=None)
 def int4_cpu_layout():
     """The layout this torch build and CPU use, found by packing a probe with torch's own converter;
     None where the int4 CPU kernel is missing or packs some other way."""
     if not hasattr(torch.ops.aten, "_convert_weight_to_int4pack_for_cpu"):
         return None
-    values = torch.randint(-8, 8, (128, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int8)
+    values = torch.randint(-8, 8, (144, 64), generator=torch.Generator().manual_seed(0), dtype=torch.int8)
     try:
         expected = torch.ops.aten._convert_weight_to_int4pack_for_cpu((values + 8).to(torch.int32), 1)
     except RuntimeError:
@@ -143,6 +190,16 @@ def _unit_row_scales(out_features):
     return torch.ones(out_features, dtype=CPU_COMPUTE_DTYPE)
 
 
+def _is_aligned(t):
+    return t.is_contiguous() and t.data_ptr() % KERNEL_ALIGNMENT == 0
+
+
+def _aligned(t):
+    """t itself, or a contiguous copy in fresh (aligned) memory: torch's weight-only kernels crash on
+    operands that do not start on a 64-byte boundary, as tensors memory-mapped from safetensors may not."""
+    return t if _is_aligned(t) else t.clone(memory_format=torch.contiguous_format)
+
+
 _scratch = threading.local()
 
 
@@ -155,25 +212,42 @@ def _bfloat16_scratch(rows, columns):
     return buffer[: rows * columns].view(rows, columns)
 
 
-class QuantizedLinear(nn.Module):
-    """A Linear layer whose weight is stored as int8/int4 with per-row fp16 scales.
+class QuantizedWeight(nn.Module):
+    """Storage of a quantized matrix [rows, columns]: `weight` int8 [rows, columns * bits / 8] in the
+    checkpoint layout and fp16 `weight_scale` [rows]. An INT4 weight that was re-packed for the CPU
+    kernel is uint8 instead (the dtype tells which); state_dict() and load_state_dict() always use
+    the checkpoint layout."""
 
-    INT4 `weight` is the original's int8 [out, in / 2] until the first CPU forward re-packs it, in
-    place, to uint8 [out, in / 2] in the CPU kernel's layout; the dtype tells which one it holds."""
-
-    def __init__(self, in_features, out_features, bits, bias=True, device=None, dtype=None):
+    def __init__(self, rows, columns, bits, device=None):
         super().__init__()
         _check_bits(bits)
-        self.in_features, self.out_features, self.bits = in_features, out_features, bits
-        self.weight = nn.Parameter(
-            torch.empty(out_features, in_features * bits // 8, dtype=torch.int8, device=device), requires_grad=False
-        )
-        self.weight_scale = nn.Parameter(torch.empty(out_features, dtype=torch.float16, device=device),
-                                         requires_grad=False)
-        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
-            if bias else None
+        self.bits = bits
+        self.weight = nn.Parameter(torch.empty(rows, columns * bits // 8, dtype=torch.int8, device=device),
+                                   requires_grad=False)
+        self.weight_scale = nn.Parameter(torch.empty(rows, dtype=torch.float16, device=device), requires_grad=False)
         self.register_state_dict_post_hook(_save_original_layout)
         self.register_load_state_dict_pre_hook(_load_original_layout)
+
+    @property
+    def in_cpu_kernel_layout(self):
+        return self.weight.dtype == torch.uint8
+
+    def original_weight(self):
+        """`weight` in the checkpoint layout (int8 [rows, columns * bits / 8])."""
+        if self.in_cpu_kernel_layout:
+            return from_int4_cpu_layout(self.weight, int4_cpu_layout())
+        return self.weight
+
+
+class QuantizedLinear(QuantizedWeight):
+    """A Linear layer whose weight is stored as int8/int4 with per-row fp16 scales. On CPU an INT4
+    weight is re-packed in place, on first use, into the int4 kernel's layout."""
+
+    def __init__(self, in_features, out_features, bits, bias=True, device=None, dtype=None):
+        super().__init__(out_features, in_features, bits, device)
+        self.in_features, self.out_features = in_features, out_features
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device), requires_grad=False) \
+            if bias else None
 
     @classmethod
     def from_weight(cls, weight, bits, bias=None):
@@ -189,16 +263,6 @@ class QuantizedLinear(nn.Module):
     @classmethod
     def from_linear(cls, linear, bits):
         return cls.from_weight(linear.weight, bits, linear.bias)
-
-    @property
-    def in_cpu_kernel_layout(self):
-        return self.weight.dtype == torch.uint8
-
-    def original_weight(self):
-        """`weight` in the checkpoint layout (int8 [out, in * bits / 8])."""
-        if self.in_cpu_kernel_layout:
-            return from_int4_cpu_layout(self.weight, int4_cpu_layout())
-        return self.weight
 
     def integer_values(self):
         """The weight as signed integers, int8 [out, in]."""
@@ -221,34 +285,45 @@ class QuantizedLinear(nn.Module):
 
     def cpu_integer_matmul(self, tokens):
         """tokens [n, in] (bfloat16) times the integer weight, unscaled: [n, out] bfloat16."""
-        if tokens.shape[0] >= DEQUANTIZED_MATMUL_MIN_TOKENS[self.bits]:
-            return F.linear(tokens, self._integer_values_in_scratch())
+        if tokens.shape[0] >= DEQUANTIZED_MATMUL_MIN_TOKENS[self.bits] and self.fits_scratch:
+            return F.linear(tokens, self._integer_values_bfloat16())
+        tokens = _aligned(tokens)
         if self.bits == 8:
+            if not _is_aligned(self.weight):  # e.g. a memory-mapped checkpoint: one copy, in place
+                self.weight.data = _aligned(self.weight)
             return torch._weight_int8pack_mm(tokens, self.weight, _unit_row_scales(self.out_features))
         kernel_weight = self._int4_kernel_weight()
         if kernel_weight is None:  # a shape or CPU the int4 kernel does not take
-            return F.linear(tokens, self._integer_values_in_scratch())
+            return F.linear(tokens, self._integer_values_bfloat16())
         group_size = int4_kernel_group_size(self.in_features)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             tokens, kernel_weight, group_size, _unit_group_scales(self.in_features, self.out_features, group_size))
+
+    @property
+    def fits_scratch(self):
+        return self.out_features * self.in_features <= SCRATCH_MAX_VALUES
 
     def _int4_kernel_weight(self):
         """The INT4 weight in the CPU kernel's layout, re-packed in place on first use (no second copy)."""
         if not self.in_cpu_kernel_layout:
             layout = int4_cpu_layout()
-            if layout is None or self.out_features % layout.rows or int4_kernel_group_size(self.in_features) is None:
+            # rows past the last full block must fill a block of 16, 32 or 48 rows
+            if layout is None or self.out_features % 16 or int4_kernel_group_size(self.in_features) is None:
                 return None
-            self.weight = nn.Parameter(to_int4_cpu_layout(self.weight, layout), requires_grad=False)
+            # in place: quantized word embeddings hold the same Parameter
+            self.weight.data = to_int4_cpu_layout(self.weight, layout)
         return self.weight
 
-    def _integer_values_in_scratch(self):
-        """The integer weight [out, in] as bfloat16 (exact), in this thread's scratch buffer."""
+    def _integer_values_bfloat16(self):
+        """The integer weight [out, in] as bfloat16 (exact), in this thread's scratch buffer if it fits."""
+        if not self.fits_scratch:
+            return self.integer_values().to(CPU_COMPUTE_DTYPE)
         values = _bfloat16_scratch(self.out_features, self.in_features)
-        if not self.in_cpu_kernel_layout:
+        layout = int4_cpu_layout()
+        if not self.in_cpu_kernel_layout or self.out_features % layout.rows:
             return values.copy_(self.integer_values())
         # Kernel bytes [blocks, in, rows / 2]: low nibbles are the block's first half of rows (or even
         # rows), high nibbles the second half (odd rows); values are stored + 8.
-        layout = int4_cpu_layout()
         kernel_bytes = self.weight.view(-1, self.in_features, layout.rows // 2)
         low_rows, high_rows = _split_block_rows(values, layout)  # [blocks, rows / 2, in]
         low_rows.copy_((kernel_bytes & 0x0F).transpose(1, 2))
@@ -257,6 +332,27 @@ class QuantizedLinear(nn.Module):
 
     def extra_repr(self):
         return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
+
+
+class QuantizedEmbedding(QuantizedWeight):
+    """Word embeddings stored like a quantized layer (int rows + fp16 row scales), as in THUDM's
+    `chatglm-6b-int4-qe`. `weight` and `weight_scale` are the very Parameters of the tied LM head (a
+    QuantizedLinear over the same matrix), so the pair is held once. Returns float32 rows."""
+
+    def __init__(self, num_embeddings, embedding_dim, bits, device=None):
+        super().__init__(num_embeddings, embedding_dim, bits, device)
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+
+    def forward(self, input_ids):
+        if self.in_cpu_kernel_layout:  # the LM head re-packed the shared weight for the CPU kernel
+            values = int4_cpu_layout_rows(self.weight, int4_cpu_layout(), input_ids)
+        else:
+            rows = self.weight[input_ids]
+            values = unpack_int4(rows) if self.bits == 4 else rows
+        return values.float() * self.weight_scale[input_ids].float()[..., None]
+
+    def extra_repr(self):
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}"
 
 
 def _save_original_layout(module, state_dict, prefix, local_metadata):
@@ -270,7 +366,7 @@ def _load_original_layout(module, state_dict, prefix, local_metadata, strict, mi
                           error_msgs):
     """Checkpoints carry the original layout: a layer holding kernel bytes goes back to it before loading."""
     if module.in_cpu_kernel_layout and prefix + "weight" in state_dict:
-        module.weight = nn.Parameter(module.original_weight(), requires_grad=False)
+        module.weight.data = module.original_weight()
 
 
 def quantize_model(transformer, bits, empty=False):
@@ -292,3 +388,20 @@ def quantize_model(transformer, bits, empty=False):
                 layer = QuantizedLinear.from_linear(linear, bits)
             setattr(parent, name, layer)
     return transformer
+
+
+def quantize_embeddings(model, bits, empty=False):
+    """Quantize the word embeddings of `model` (a ChatGLMForConditionalGeneration) and the LM head tied to
+    them, in place, as one shared integer matrix. `empty=True` only allocates them (for loading)."""
+    _check_bits(bits)
+    embeddings = model.transformer.word_embeddings
+    if isinstance(embeddings, QuantizedEmbedding):
+        raise ValueError(f"the embeddings are already quantized to {embeddings.bits} bits")
+    vocab_size, hidden_size = embeddings.weight.shape
+    quantized = QuantizedEmbedding(vocab_size, hidden_size, bits, embeddings.weight.device)
+    if not empty:
+        quantized.weight.data, quantized.weight_scale.data = quantize_weight(embeddings.weight, bits)
+    head = QuantizedLinear(hidden_size, vocab_size, bits, bias=False, device=embeddings.weight.device)
+    head.weight, head.weight_scale = quantized.weight, quantized.weight_scale
+    model.transformer.word_embeddings, model.lm_head = quantized, head
+    return model

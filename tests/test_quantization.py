@@ -11,13 +11,15 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModel
 
-from chatglm import ChatGLMForConditionalGeneration
+from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
 from chatglm.quantization import (
     CANDIDATE_INT4_LAYOUTS,
     DEQUANTIZED_MATMUL_MIN_TOKENS,
+    QuantizedEmbedding,
     QuantizedLinear,
     from_int4_cpu_layout,
     int4_cpu_layout,
+    int4_cpu_layout_rows,
     pack_int4,
     quantize_weight,
     to_int4_cpu_layout,
@@ -196,3 +198,71 @@ def test_quantize_accepts_empty_init_and_rejects_unknown_arguments(tiny_checkpoi
     assert empty.config.quantization_bit == 8
     expected, _ = quantize_weight(layer.weight, 8)
     assert torch.equal(built.transformer.layers[0].attention.dense.weight, expected)
+
+
+@pytest.mark.parametrize("rows", [192, 144])  # 144: a last block of 16 rows, packed in pairs
+def test_int4_kernel_layout_handles_a_partial_last_block(rows):
+    values = random_int4(rows, 64, seed=4)
+    layout = int4_cpu_layout()
+    kernel_bytes = to_int4_cpu_layout(pack_int4(values), layout)
+    expected = torch.ops.aten._convert_weight_to_int4pack_for_cpu((values + 8).to(torch.int32), 1)
+    assert torch.equal(kernel_bytes, expected)
+    assert torch.equal(from_int4_cpu_layout(kernel_bytes, layout), pack_int4(values))
+    ids = torch.tensor([[0, 1, 31, 32, 63], [64, 100, 127, 128, rows - 1]])
+    assert torch.equal(int4_cpu_layout_rows(kernel_bytes, layout, ids), values[ids])
+
+
+def qe_config(vocab_size=1040):
+    """A small model whose vocabulary (65 blocks of 16 rows) takes the int4 kernel with a partial block."""
+    return ChatGLMConfig(vocab_size=vocab_size, hidden_size=64, inner_hidden_size=256, num_layers=2,
+                         num_attention_heads=4, max_sequence_length=64, bos_token_id=1003, eos_token_id=1004,
+                         mask_token_id=1000, gmask_token_id=1001, pad_token_id=3)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_quantized_embeddings_share_one_matrix_with_the_lm_head(bits, tmp_path):
+    torch.manual_seed(0)
+    model = ChatGLMForConditionalGeneration(qe_config()).eval()
+    embedding_weight = model.transformer.word_embeddings.weight.detach().clone()
+    assert not model.config.quantization_embeddings  # off unless asked for
+    model.quantize(bits, quantize_embeddings=True)
+    embeddings, head = model.transformer.word_embeddings, model.lm_head
+    assert isinstance(embeddings, QuantizedEmbedding) and isinstance(head, QuantizedLinear)
+    assert head.weight is embeddings.weight and head.weight_scale is embeddings.weight_scale
+    packed, scale = quantize_weight(embedding_weight, bits)
+    assert torch.equal(embeddings.weight, packed) and torch.equal(embeddings.weight_scale, scale)
+
+    ids = torch.tensor([[5, 1039, 1030, 64, 1001, 1003]])
+    with torch.no_grad():
+        logits = model(ids).logits
+    assert embeddings.in_cpu_kernel_layout == (bits == 4)  # the head re-packed the shared weight
+    dequantized = head.dequantize()
+    with torch.no_grad():
+        rows = embeddings(ids)
+        hidden = model.transformer(ids).last_hidden_state
+    assert torch.equal(rows, dequantized[ids])
+    expected = hidden @ dequantized.T
+    assert ((logits - expected).norm() / expected.norm()) < 5e-3
+
+    model.save_pretrained(tmp_path)
+    again = AutoModel.from_pretrained(tmp_path, dtype=torch.float32).eval()
+    assert again.config.quantization_embeddings and again.config.quantization_bit == bits
+    assert again.lm_head.weight is again.transformer.word_embeddings.weight
+    assert again.lm_head.weight_scale is again.transformer.word_embeddings.weight_scale
+    assert torch.equal(again.transformer.word_embeddings.weight, packed)
+    with torch.no_grad():
+        assert torch.equal(again(ids).logits, logits)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_cpu_kernels_take_operands_off_a_64_byte_boundary(bits):
+    """Tensors memory-mapped from safetensors can start anywhere; torch's int8 kernel crashes on them."""
+    layer = QuantizedLinear.from_weight(torch.randn(192, 256), bits)
+    shifted = torch.empty(layer.weight.numel() + 1, dtype=torch.int8)[1:].view(layer.weight.shape)
+    layer.weight.data = shifted.copy_(layer.weight)
+    x = torch.empty(3 * 256 + 1, dtype=torch.bfloat16)[1:].view(3, 256).copy_(torch.randn(3, 256))
+    assert layer.weight.data_ptr() % 64 and x.data_ptr() % 64
+    with torch.no_grad():
+        out = layer(x)
+    expected = x.float() @ layer.dequantize().T
+    assert ((out.float() - expected).norm() / expected.norm()) < 5e-3
