@@ -1,4 +1,5 @@
 """How closely INT8 and INT4 models follow the fp32 model: top-1 next-token agreement and memory.
+"+ embeddings" rows also quantize the word embeddings and the tied LM head (`quantize_embeddings=True`).
 
 For each prompt the fp32 model writes a greedy continuation; the quantized model then reads the same
 tokens (teacher forcing) and we count the positions where its top-1 token equals fp32's.
@@ -20,9 +21,8 @@ PROMPTS = ["你好", "晚上睡不着应该怎么办？", "Write a Python functi
 
 
 def weight_bytes(model):
-    state = model.state_dict()
-    tied = model.lm_head.weight
-    return sum(t.numel() * t.element_size() for t in state.values()) - tied.numel() * tied.element_size()
+    """Bytes of the parameters as held in memory (the tied embeddings / LM head once)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
 def main():
@@ -42,8 +42,10 @@ def main():
 
     print("| precision | weights MB | top-1 agreement with fp32 |")
     print("|---|---|---|")
-    for bits in (0, 8, 4):
-        model = base if bits == 0 else copy.deepcopy(base).quantize(bits)
+    variants = {"fp32": (0, False), "int8": (8, False), "int4": (4, False),
+                "int8 + embeddings": (8, True), "int4 + embeddings": (4, True)}
+    for name, (bits, embeddings) in variants.items():
+        model = base if bits == 0 else copy.deepcopy(base).quantize(bits, quantize_embeddings=embeddings)
         agree = total = 0
         with torch.no_grad():
             for prompt_length, seq in sequences:
@@ -51,7 +53,6 @@ def main():
                 ours = model(seq).logits[0, prompt_length - 1 : -1].argmax(-1)
                 agree += int((reference == ours).sum())
                 total += reference.numel()
-        name = {0: "fp32", 8: "int8", 4: "int4"}[bits]
         print(f"| {name} | {weight_bytes(model) / 1e6:.1f} | {100 * agree / total:.1f}% ({agree}/{total}) |")
 
 
