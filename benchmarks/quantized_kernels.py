@@ -11,6 +11,7 @@ fastest of the first two decides `DEQUANTIZED_MATMUL_MIN_TOKENS` in chatglm/quan
 
 import argparse
 import time
+from functools import partial
 
 import torch
 
@@ -63,7 +64,7 @@ def main():
             x = torch.randn(tokens, in_features, dtype=torch.bfloat16)
             kernel = time_path(layer, x, NEVER, args.repeats)
             expanded = time_path(layer, x, 0, args.repeats)
-            slow = f"{best_ms(lambda: fp32_kernel(x.float(), values, scale), 1):.1f}" if tokens <= 4 else ""
+            slow = f"{best_ms(partial(fp32_kernel, x.float(), values, scale), 1):.1f}" if tokens <= 4 else ""
             chosen = "F.linear" if tokens >= quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[bits] else "kernel"
             print(f"| {bits} | {tokens} | {kernel:.1f} | {expanded:.1f} | {slow} | {chosen} |", flush=True)
 

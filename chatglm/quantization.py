@@ -119,7 +119,8 @@ def to_int4_cpu_layout(packed, layout):
     full = packed.shape[0] - packed.shape[0] % layout.rows
     if full == packed.shape[0]:
         return _blocks_to_kernel(packed, layout)
-    parts = (_blocks_to_kernel(packed[:full], layout), _blocks_to_kernel(packed[full:], _tail_layout(len(packed), layout)))
+    parts = (_blocks_to_kernel(packed[:full], layout),
+             _blocks_to_kernel(packed[full:], _tail_layout(len(packed), layout)))
     return torch.cat([part.flatten() for part in parts]).view(packed.shape)
 
 
@@ -154,7 +155,7 @@ def int4_cpu_layout_rows(kernel_bytes, layout, row_ids):
     return values.view(*row_ids.shape, in_features)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def int4_cpu_layout():
     """The layout this torch build and CPU use, found by packing a probe with torch's own converter;
     None where the int4 CPU kernel is missing or packs some other way."""
@@ -176,7 +177,7 @@ def int4_kernel_group_size(in_features):
     return next((size for size in (256, 128, 64, 32) if in_features % size == 0), None)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unit_group_scales(in_features, out_features, group_size):
     """Scales 1 and zeros 0 [in / group, out, 2] for the int4 kernel: it then returns exact integer dot
     products (up to bfloat16 output rounding) and the fp16 row scales are applied afterwards."""
@@ -185,7 +186,7 @@ def _unit_group_scales(in_features, out_features, group_size):
     return unit
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _unit_row_scales(out_features):
     return torch.ones(out_features, dtype=CPU_COMPUTE_DTYPE)
 
