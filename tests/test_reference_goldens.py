@@ -5,12 +5,12 @@ import math
 
 import pytest
 import torch
+from conftest import GOLDENS_DIR
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
 import chatglm  # noqa: F401  (registers the model type with the Auto classes)
 from chatglm.generation import InvalidScoreLogitsProcessor, build_prompt, process_response
-from conftest import GOLDENS_DIR
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办？", "Write a Python function:\ndef add(a, b):\n    return"]
 ATOL = 2e-3
@@ -110,9 +110,11 @@ def test_chat_prompts(tokenizer, tok_golden):
         assert tokenizer(prompt)["input_ids"] == case["prompt_input_ids"]
 
 
-def test_process_response_and_invalid_scores(tok_golden):
+def test_process_response_and_invalid_scores(reference, tok_golden):
+    model = reference[1]
     for case in tok_golden["process_response"]:
         assert process_response(case["in"]) == case["out"]
+        assert model.process_response(case["in"]) == case["out"]  # the original's method, which scripts call
     for case in tok_golden["invalid_score_logits_processor"]:
         scores = torch.tensor([[float(x) for x in row] for row in case["in"]])
         out = InvalidScoreLogitsProcessor()(torch.zeros(1, 1, dtype=torch.long), scores)
