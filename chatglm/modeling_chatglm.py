@@ -219,13 +219,13 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
 
     # --- GLM positions and masks ---
 
-    def _special_positions(self, input_ids):
+    def _special_positions(self, input_ids, check=True):
         """Per row: the index of the first <sop> (the context length), the index of the mask token, and
         whether that mask token is [gMASK]. The model prefers [gMASK] over [MASK] (the tokenizer the other
-        way round)."""
+        way round). ``check=False`` skips the checks that both exist (each waits for the device)."""
         config = self.config
         has_sop = (input_ids == config.bos_token_id).any(dim=1)
-        if not has_sop.all():
+        if check and not has_sop.all():
             raise ValueError(
                 f"input has no <sop> token (id {config.bos_token_id}); ChatGLM prompts end with "
                 "[gMASK] <sop>: build the inputs with the ChatGLM tokenizer"
@@ -234,7 +234,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         use_gmask = (input_ids == config.gmask_token_id).any(dim=1)
         mask_ids = torch.where(use_gmask, config.gmask_token_id, config.mask_token_id)
         is_mask = input_ids == mask_ids[:, None]
-        if not is_mask.any(dim=1).all():
+        if check and not is_mask.any(dim=1).all():
             raise ValueError(
                 f"input has no [gMASK] (id {config.gmask_token_id}) or [MASK] (id {config.mask_token_id}) "
                 "token; build the inputs with the ChatGLM tokenizer"
@@ -247,7 +247,8 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         positions.py). ``past_length > 0`` means those tokens are decoded after a cache of the others.
         With a left-padding mask the positions start after the padding; without one, padding counts as
         context."""
-        context_lengths, mask_positions, use_gmask = self._special_positions(input_ids)
+        # a decoding step's ids were checked with the prompt
+        context_lengths, mask_positions, use_gmask = self._special_positions(input_ids, check=past_length == 0)
         pads = None if padding_mask is None else (padding_mask[:, -input_ids.shape[1] :] == 0).sum(dim=1)
         # The original's 1-D prompts keep counting past a [gMASK]; its cached decoding steps do not.
         counting = use_gmask if not self.config.position_encoding_2d and past_length == 0 else None
