@@ -1,0 +1,476 @@
+"""Continuous batching for serving many chats with one model.
+
+    engine = Engine(model, max_batch_size=32)
+    engine.start()
+    seq = Sequence(prompt_ids(tokenizer, "你好", [], 2048), max_new_tokens=100, temperature=0)
+    engine.submit(seq)
+    seq.done.wait()                   # or, in asyncio code: async for _ in follow(engine, seq): ...
+    answer = TextStream(tokenizer)
+    answer.finish(seq.output_ids)
+    print(answer.text)
+
+One background thread runs a step loop over the running sequences. A sequence joins at a step boundary
+(its prompt is prefilled alone, then its keys/values are merged into the running batch) and leaves as soon
+as it finishes, so every decoding step is ONE forward pass for all running sequences, each with its own
+sampling settings. Rows are left-padded to a common length; the model's 2-D padding mask hides the padding
+(it covers the cached positions too) and every row carries its own GLM positions, so a batched greedy
+answer is the answer `model.chat` gives alone.
+
+Text is produced on the consumer's side (TextStream): the engine deals in token ids only.
+"""
+
+import asyncio
+import collections
+import logging
+import threading
+import time
+from typing import Callable, List, Optional, Sequence as Seq, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .generation import build_prompt, process_response
+
+logger = logging.getLogger("chatglm.serving")
+
+# Finish reasons. "stop" and "length" are what OpenAI clients know; the others end a sequence early.
+STOP, LENGTH, CANCELLED, ERROR = "stop", "length", "cancelled", "error"
+
+
+class QueueFull(Exception):
+    """The engine already holds as many waiting sequences as it was allowed; try again later."""
+
+
+class PromptTooLong(ValueError):
+    def __init__(self, length: int, limit: int):
+        super().__init__(f"the question alone is {length} tokens, which leaves no room to answer within "
+                         f"max_length={limit}: raise max_length or shorten the question")
+        self.length = length
+        self.limit = limit
+
+
+def prompt_ids(tokenizer, query: str, history: Seq[Tuple[str, str]], max_length: int) -> List[int]:
+    """Token ids of the chat prompt for ``query`` after ``history``. Like ``model.chat``, the oldest rounds
+    are left out while the prompt would leave no room to answer within ``max_length``; the fewest rounds to
+    leave out are found by bisection (a prompt only gets shorter as rounds are dropped), so a long history
+    costs O(log rounds) tokenizations, not one per dropped round. Raises PromptTooLong."""
+    history = list(history)
+
+    def encode(dropped: int) -> List[int]:
+        return tokenizer(build_prompt(query, history[dropped:]))["input_ids"]
+
+    ids = encode(0)
+    if len(ids) < max_length:
+        return ids
+    fits, ids = len(history), encode(len(history))
+    if len(ids) >= max_length:
+        raise PromptTooLong(len(ids), max_length)
+    too_few = 0  # dropping this many rounds is known not to be enough
+    while fits - too_few > 1:
+        middle = (too_few + fits) // 2
+        candidate = encode(middle)
+        if len(candidate) < max_length:
+            fits, ids = middle, candidate
+        else:
+            too_few = middle
+    return ids
+
+
+class Sequence:
+    """One request in the engine: a prompt, its sampling settings, and the ids generated so far.
+
+    ``temperature`` 0 means greedy; ``top_k`` 0 means no top-k limit. ``on_update`` (if set) is called from
+    the engine thread whenever ``output_ids`` grew or the sequence finished; ``done`` is set at the end.
+    ``finish_reason`` is None while running, then "stop" (end-of-answer token), "length" (max_new_tokens),
+    "cancelled" or "error" (``error`` says why).
+    """
+
+    def __init__(self, prompt_ids: Seq[int], max_new_tokens: int, *, temperature: float = 0.95,
+                 top_p: float = 0.7, top_k: int = 50, on_update: Optional[Callable[[], None]] = None):
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        self.prompt_ids = list(prompt_ids)
+        self.max_new_tokens = max_new_tokens
+        self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k)
+        self.on_update = on_update
+        self.output_ids: List[int] = []
+        self.finish_reason: Optional[str] = None
+        self.error: Optional[str] = None
+        self.cancel_requested = False
+        self.done = threading.Event()
+        self.submitted_at = self.first_token_at = None
+
+
+class BatchKVCache:
+    """Keys and values of every layer for a batch of left-padded rows, [batch, heads, seq, head_dim] each.
+
+    The model only calls ``update`` and ``get_seq_length``; the engine adds and removes rows between steps.
+    """
+
+    def __init__(self):
+        self.keys: List[torch.Tensor] = []
+        self.values: List[torch.Tensor] = []
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        if layer_idx == len(self.keys):
+            self.keys.append(key)
+            self.values.append(value)
+        else:
+            self.keys[layer_idx] = torch.cat((self.keys[layer_idx], key), dim=2)
+            self.values[layer_idx] = torch.cat((self.values[layer_idx], value), dim=2)
+        return self.keys[layer_idx], self.values[layer_idx]
+
+    def get_seq_length(self, layer_idx=0):
+        return self.keys[layer_idx].shape[2] if layer_idx < len(self.keys) else 0
+
+    def _map(self, fn):
+        self.keys = [fn(t) for t in self.keys]
+        self.values = [fn(t) for t in self.values]
+
+    def keep_rows(self, rows: torch.Tensor):
+        self._map(lambda t: t.index_select(0, rows))
+
+    def drop_columns(self, count: int):
+        """Forget the first ``count`` positions (padding in every row)."""
+        self._map(lambda t: t[:, :, count:])
+
+    def pad_left(self, count: int):
+        self._map(lambda t: F.pad(t, (0, 0, count, 0)))
+
+    def append_rows(self, other: "BatchKVCache"):
+        """Add ``other``'s rows below these; both must already have the same length."""
+        self.keys = [torch.cat(pair) for pair in zip(self.keys, other.keys)]
+        self.values = [torch.cat(pair) for pair in zip(self.values, other.values)]
+
+
+class RunningBatch:
+    """The engine's state between steps: row i belongs to ``sequences[i]``.
+
+    ``padding`` [batch, cached]: 1 for a real token, 0 for left padding. ``positions`` [batch, 2, 1] (or
+    [batch, 1] without 2-D positions): the GLM positions of the last token fed in. ``next_tokens`` [batch]:
+    the tokens sampled last, to be fed in at the next step.
+    """
+
+    def __init__(self, sequence, cache, padding, positions, next_tokens):
+        self.sequences = [sequence]
+        self.cache, self.padding, self.positions, self.next_tokens = cache, padding, positions, next_tokens
+
+    def __len__(self):
+        return len(self.sequences)
+
+    def merge(self, other: "RunningBatch"):
+        """Add ``other``'s rows; the shorter side is left-padded to the longer one."""
+        difference = self.padding.shape[1] - other.padding.shape[1]
+        shorter = other if difference > 0 else self
+        shorter.cache.pad_left(abs(difference))
+        shorter.padding = F.pad(shorter.padding, (abs(difference), 0))
+        self.cache.append_rows(other.cache)
+        self.padding = torch.cat((self.padding, other.padding))
+        self.positions = torch.cat((self.positions, other.positions))
+        self.next_tokens = torch.cat((self.next_tokens, other.next_tokens))
+        self.sequences += other.sequences
+
+    def keep(self, keep: List[bool]):
+        """Keep the rows marked True, then drop the leading columns that are padding in every row."""
+        rows = torch.tensor([i for i, k in enumerate(keep) if k], device=self.padding.device)
+        self.sequences = [s for s, k in zip(self.sequences, keep) if k]
+        self.cache.keep_rows(rows)
+        self.padding = self.padding.index_select(0, rows)
+        self.positions = self.positions.index_select(0, rows)
+        self.next_tokens = self.next_tokens.index_select(0, rows)
+        unused = int(self.padding.any(dim=0).int().argmax())  # first column holding a real token
+        if unused:
+            self.cache.drop_columns(unused)
+            self.padding = self.padding[:, unused:]
+
+
+def sample_next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: torch.Tensor,
+                       top_k: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``logits`` [batch, vocab] (fp32), each row with its own settings [batch]:
+    temperature 0 = greedy (argmax), else temperature, then top-k (0 = off), then top-p (nucleus) sampling."""
+    # a row with NaN/inf scores picks token 5, as the original's InvalidScoreLogitsProcessor does
+    invalid = ~torch.isfinite(logits).all(dim=-1)
+    if invalid.any():
+        logits[invalid] = 0.0
+        logits[invalid, 5] = 5e4
+    tokens = logits.argmax(dim=-1)
+    sampled = temperature > 0
+    if not sampled.any():
+        return tokens
+    vocab = logits.shape[-1]
+    top_k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
+    scores = logits[sampled] / temperature[sampled, None]
+    values, indices = scores.topk(int(top_k[sampled].max()), dim=-1)  # sorted, highest first
+    rank = torch.arange(values.shape[-1], device=values.device)
+    keep = rank < top_k[sampled, None]
+    probs = F.softmax(values.masked_fill(~keep, float("-inf")), dim=-1)
+    # nucleus: keep a token while the mass of the tokens ranked above it is below top_p (the first always)
+    keep &= (probs.cumsum(dim=-1) - probs < top_p[sampled, None]) | (rank == 0)
+    probs = probs.masked_fill(~keep, 0.0)
+    choice = torch.multinomial(probs, num_samples=1)
+    tokens[sampled] = indices.gather(-1, choice).squeeze(-1)
+    return tokens
+
+
+class Engine:
+    """Runs every submitted Sequence to its end on one background thread, batching them together.
+
+    ``max_batch_size`` sequences decode together; more wait in a queue of at most ``max_waiting`` (then
+    ``submit`` raises QueueFull). ``cancel`` takes effect at the next step boundary.
+    """
+
+    def __init__(self, model, *, max_batch_size: int = 32, max_waiting: int = 256):
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.max_waiting = max_waiting
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        self.batch: Optional[RunningBatch] = None  # touched by the engine thread only
+        self.waiting: collections.deque = collections.deque()
+        self.wakeup = threading.Condition()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="chatglm-engine", daemon=True)
+        # read by other threads while the engine thread updates them, so every key exists from the start
+        self.counts = dict.fromkeys(["submitted", "prompt_tokens", "generated_tokens", "steps"]
+                                    + [f"finished_{r}" for r in (STOP, LENGTH, CANCELLED, ERROR)], 0)
+
+    # --- called from other threads ---
+
+    def start(self):
+        """Start the engine thread. Call it from the main thread: on CPU, torch ops in another thread ran
+        10-20x slower (measured with libgomp on 2 cores: its idle workers spin against ours) until the main
+        thread has run one parallel op itself, which is what the first line does."""
+        torch.ones(64, 64) @ torch.ones(64, 64)
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0):
+        """Finish the current step, end every sequence (reason "cancelled") and stop the thread."""
+        with self.wakeup:
+            self.stopping = True
+            self.wakeup.notify()
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+
+    def submit(self, sequence: Sequence):
+        with self.wakeup:
+            if self.stopping:
+                raise QueueFull("the server is shutting down")
+            if len(self.waiting) >= self.max_waiting:
+                raise QueueFull(f"the queue is full: {len(self.waiting)} waiting")
+            sequence.submitted_at = time.perf_counter()
+            self.waiting.append(sequence)
+            self.counts["submitted"] += 1
+            self.wakeup.notify()
+
+    def cancel(self, sequence: Sequence):
+        """Stop generating for ``sequence``: at once if it is still waiting, else at the next step."""
+        with self.wakeup:
+            sequence.cancel_requested = True
+            if sequence in self.waiting:
+                self.waiting.remove(sequence)
+                self._finish(sequence, CANCELLED)
+
+    def stats(self) -> dict:
+        running = len(self.batch) if self.batch is not None else 0
+        return {"running": running, "waiting": len(self.waiting), **self.counts}
+
+    # --- the engine thread ---
+
+    def _run(self):
+        with torch.inference_mode():
+            while True:
+                with self.wakeup:
+                    while not self.stopping and not self.waiting and self.batch is None:
+                        self.wakeup.wait()
+                    if self.stopping:
+                        break
+                    free = self.max_batch_size - (len(self.batch) if self.batch is not None else 0)
+                    joining = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
+                try:
+                    self._drop_cancelled()
+                    for sequence in joining:
+                        self._prefill(sequence)
+                    if self.batch is not None:
+                        self._decode_step()
+                except Exception as exc:  # a whole-batch failure (e.g. out of memory): the server goes on
+                    logger.exception("decoding step failed")
+                    for sequence in self.batch.sequences if self.batch is not None else []:
+                        self._finish(sequence, ERROR, f"{type(exc).__name__}: {exc}")
+                    self.batch = None
+        for sequence in list(self.waiting) + (self.batch.sequences if self.batch is not None else []):
+            self._finish(sequence, CANCELLED)
+        self.waiting.clear()
+        self.batch = None
+
+    def _finish(self, sequence: Sequence, reason: str, error: Optional[str] = None):
+        sequence.error = error
+        sequence.finish_reason = reason
+        self.counts[f"finished_{reason}"] += 1
+        sequence.done.set()
+        self._notify(sequence)
+
+    def _notify(self, sequence: Sequence):
+        if sequence.on_update is None:
+            return
+        try:
+            sequence.on_update()
+        except Exception:  # the consumer is gone (e.g. its event loop closed): stop generating for it
+            logger.warning("cannot deliver tokens to a request; cancelling it", exc_info=True)
+            sequence.cancel_requested = True
+
+    def _drop_cancelled(self):
+        if self.batch is None:
+            return
+        keep = [not s.cancel_requested for s in self.batch.sequences]
+        if all(keep):
+            return
+        for sequence, kept in zip(self.batch.sequences, keep):
+            if not kept:
+                self._finish(sequence, CANCELLED)
+        self._keep_rows(keep)
+
+    def _keep_rows(self, keep: List[bool]):
+        if any(keep):
+            self.batch.keep(keep)
+        else:
+            self.batch = None
+
+    def _prefill(self, sequence: Sequence):
+        """Run the prompt alone (exactly as chat does), sample its first token, and merge it in. A failure
+        here (a bad id, out of memory on a long prompt) fails this sequence only."""
+        if sequence.cancel_requested:
+            self._finish(sequence, CANCELLED)
+            return
+        model = self.model
+        try:
+            ids = torch.tensor([sequence.prompt_ids], device=model.device)  # [1, prompt]
+            positions = model.transformer.get_position_ids(ids)  # [1, 2, prompt]
+            cache = BatchKVCache()
+            logits = model(ids, position_ids=positions, cache=cache, use_cache=True).logits[:, -1].float()
+            token = sample_next_tokens(logits, *self._settings([sequence]))
+        except Exception as exc:
+            logger.warning("prefill failed: %s: %s", type(exc).__name__, exc)
+            self._finish(sequence, ERROR, f"{type(exc).__name__}: {exc}")
+            return
+        self.counts["prompt_tokens"] += len(sequence.prompt_ids)
+        joined = RunningBatch(sequence, cache, torch.ones_like(ids), positions[..., -1:], token)
+        if self._append_token(sequence, int(token)):
+            if self.batch is None:
+                self.batch = joined
+            else:
+                self.batch.merge(joined)
+
+    def _decode_step(self):
+        """One forward pass for every running row, then one new token per row."""
+        batch, model = self.batch, self.model
+        padding = F.pad(batch.padding, (0, 1), value=1)  # [batch, cached + 1]
+        positions = model.next_position_ids(batch.positions)
+        logits = model(batch.next_tokens[:, None], position_ids=positions, attention_mask=padding,
+                       cache=batch.cache, use_cache=True).logits[:, -1].float()
+        tokens = sample_next_tokens(logits, *self._settings(batch.sequences))
+        batch.padding, batch.positions, batch.next_tokens = padding, positions, tokens
+        self.counts["steps"] += 1
+        keep = [self._append_token(s, t) for s, t in zip(batch.sequences, tokens.tolist())]
+        if not all(keep):
+            self._keep_rows(keep)
+
+    def _append_token(self, sequence: Sequence, token: int) -> bool:
+        """Record a new token; return whether the sequence goes on."""
+        if sequence.first_token_at is None:
+            sequence.first_token_at = time.perf_counter()
+        sequence.output_ids.append(token)
+        self.counts["generated_tokens"] += 1
+        if token in self.eos_ids:
+            self._finish(sequence, STOP)
+        elif len(sequence.output_ids) >= sequence.max_new_tokens:
+            self._finish(sequence, LENGTH)
+        elif sequence.cancel_requested:
+            self._finish(sequence, CANCELLED)
+        else:
+            self._notify(sequence)
+            return True
+        return False
+
+    def _settings(self, sequences: List[Sequence]):
+        device = self.model.device
+        return (torch.tensor([s.temperature for s in sequences], device=device),
+                torch.tensor([s.top_p for s in sequences], device=device),
+                torch.tensor([s.top_k for s in sequences], device=device))
+
+
+async def follow(engine: Engine, sequence: Sequence):
+    """Yield whenever the submitted ``sequence`` has new tokens, the last time once it has finished
+    (``finish_reason`` set). Leaving early (break, an exception, task cancellation) cancels the sequence,
+    so an abandoned request stops costing anything at the next step. Use it with ``contextlib.aclosing``
+    so that leaving early takes effect at once."""
+    loop = asyncio.get_running_loop()
+    news = asyncio.Event()
+    sequence.on_update = lambda: loop.call_soon_threadsafe(news.set)
+    news.set()  # tokens may have come before we listened
+    try:
+        while sequence.finish_reason is None:
+            await news.wait()
+            news.clear()
+            yield
+    finally:
+        if sequence.finish_reason is None:
+            engine.cancel(sequence)
+
+
+# what the tokenizer's space clean-up may still rewrite when more text follows (" n" + "'t" -> "n't")
+_CLEANUP_PATTERNS = (" n't", " 'm", " 's", " 've", " 're", " ' ")
+_TRAINING_DATE = "[[训练时间]]"  # process_response replaces it once it is complete
+
+
+class TextStream:
+    """Turns the growing list of generated ids of one answer into text pieces that add up to the final
+    answer exactly as ``model.chat`` returns it (decoded, then cleaned by ``process_response``).
+
+    Each update decodes all ids and cleans the whole text, then holds back its tail while that could still
+    change: an incomplete UTF-8 character, a half-width mark that becomes full-width if a CJK character
+    follows, the start of the training-date placeholder or of a stop string, and the start of a tokenizer
+    space clean-up. ``stop`` strings end the answer before their first occurrence.
+    """
+
+    def __init__(self, tokenizer, stop: Seq[str] = ()):
+        self.tokenizer = tokenizer
+        self.stop = [s for s in stop if s]
+        self.text = ""  # what has been handed out so far
+        self.stopped = False  # a stop string was found
+
+    def update(self, ids: Seq[int]) -> str:
+        """The new piece of text after ``ids`` (all ids so far); sets ``stopped`` at a stop string."""
+        text = self._clean(ids)
+        return self._advance(text if self.stopped else self._stable_part(text))
+
+    def finish(self, ids: Seq[int]) -> str:
+        """The last piece once generation has ended; ``text`` then holds the whole answer."""
+        text = self._clean(ids)
+        piece = self._advance(text)
+        self.text = text
+        return piece
+
+    def _clean(self, ids):
+        text = process_response(self.tokenizer.decode(list(ids)))
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            return text[:cut]
+        return text
+
+    def _advance(self, text: str) -> str:
+        if not text.startswith(self.text):  # cannot take back what was sent; should not happen
+            return ""
+        piece, self.text = text[len(self.text):], text
+        return piece
+
+    def _stable_part(self, text: str) -> str:
+        text = text.rstrip("\ufffd")  # an incomplete UTF-8 character
+        held = int(text[-1:] in (",", "!", ":", ";", "?"))
+        for pattern in (_TRAINING_DATE, *self.stop, *_CLEANUP_PATTERNS):
+            for length in range(min(len(pattern) - 1, len(text)), held, -1):
+                if text.endswith(pattern[:length]):
+                    held = length
+                    break
+        return text[: len(text) - held]

@@ -1,0 +1,177 @@
+"""The batching engine (chatglm.serving) in this process, on the real demo (or tiny) checkpoint."""
+
+import time
+
+import pytest
+import torch
+
+from chatglm.generation import build_prompt, process_response
+from chatglm.serving import (CANCELLED, ERROR, LENGTH, STOP, Engine, PromptTooLong, QueueFull, Sequence, TextStream,
+                             prompt_ids, sample_next_tokens)
+
+PROMPTS = ["你好", "晚上睡不着应该怎么办", "Write a haiku about the sea", "hi",
+           "1+1等于几？请详细解释一下你的计算过程，然后再举三个例子", "介绍一下北京"]
+MAX_LENGTH = 96
+
+
+@pytest.fixture(scope="module")
+def engine(door_model):
+    _, model = door_model
+    engine = Engine(model, max_batch_size=8, max_waiting=8).start()
+    yield engine
+    engine.stop()
+
+
+def wait_all(sequences, timeout=120):
+    deadline = time.time() + timeout
+    for sequence in sequences:
+        assert sequence.done.wait(max(0.0, deadline - time.time())), "a sequence did not finish"
+
+
+def answer(tokenizer, sequence):
+    text = TextStream(tokenizer)
+    text.finish(sequence.output_ids)
+    return text.text
+
+
+def test_batched_greedy_answers_equal_chat_alone(engine, door_model):
+    tokenizer, model = door_model
+    history = [("你好", "你好！有什么可以帮你的吗？")]
+    cases = [(p, []) for p in PROMPTS] + [("晚上睡不着应该怎么办", history)]
+    sequences = []
+    for i, (query, past) in enumerate(cases):
+        ids = prompt_ids(tokenizer, query, past, MAX_LENGTH)
+        sequences.append(Sequence(ids, MAX_LENGTH - len(ids), temperature=0))
+        engine.submit(sequences[-1])
+        if i == 2:  # the rest join a batch that is already decoding
+            time.sleep(0.05)
+    wait_all(sequences)
+    assert len({len(s.prompt_ids) for s in sequences}) >= 5, "the prompts should differ in length"
+    for (query, past), sequence in zip(cases, sequences):
+        expected, _ = model.chat(tokenizer, query, history=past, max_length=MAX_LENGTH, do_sample=False)
+        assert answer(tokenizer, sequence) == expected, query
+        assert sequence.finish_reason in (STOP, LENGTH)
+        if sequence.finish_reason == LENGTH:
+            assert len(sequence.prompt_ids) + len(sequence.output_ids) == MAX_LENGTH
+    assert engine.stats()["running"] == 0
+
+
+def test_sampling_settings_are_per_request(engine, door_model):
+    tokenizer, _ = door_model
+    ids = prompt_ids(tokenizer, "你好", [], MAX_LENGTH)
+    greedy = [Sequence(ids, 30, temperature=0) for _ in range(2)]
+    sampled = [Sequence(ids, 30, temperature=100.0, top_p=1.0, top_k=0) for _ in range(3)]
+    for sequence in greedy + sampled:
+        engine.submit(sequence)
+    wait_all(greedy + sampled)
+    assert greedy[0].output_ids == greedy[1].output_ids
+    # at temperature 100 over the whole vocabulary the answers are noise, and differ
+    assert len({tuple(s.output_ids) for s in sampled}) == 3
+
+
+def test_a_failing_request_fails_alone(engine, door_model):
+    tokenizer, model = door_model
+    good_ids = prompt_ids(tokenizer, "你好", [], MAX_LENGTH)
+    good = Sequence(good_ids, 20, temperature=0)
+    # an id past the embedding table makes this request's forward pass fail
+    bad = Sequence(good_ids[:-2] + [model.config.vocab_size + 5] + good_ids[-2:], 20, temperature=0)
+    engine.submit(good)
+    engine.submit(bad)
+    wait_all([good, bad])
+    assert bad.finish_reason == ERROR and "IndexError" in bad.error
+    assert good.finish_reason in (STOP, LENGTH) and good.output_ids
+    again = Sequence(good_ids, 20, temperature=0)
+    engine.submit(again)
+    wait_all([again])
+    assert again.output_ids == good.output_ids
+
+
+def test_cancel_stops_a_running_and_a_waiting_request(door_model):
+    tokenizer, model = door_model
+    engine = Engine(model, max_batch_size=1, max_waiting=1).start()
+    try:
+        ids = prompt_ids(tokenizer, "你好", [], 4096)
+        running = Sequence(ids, 4000, temperature=1.0, top_k=0)  # long: would take many seconds
+        waiting = Sequence(ids, 10, temperature=0)
+        engine.submit(running)
+        while not running.output_ids:
+            time.sleep(0.01)
+        engine.submit(waiting)
+        with pytest.raises(QueueFull):
+            engine.submit(Sequence(ids, 10))  # the queue holds one
+        engine.cancel(waiting)
+        assert waiting.finish_reason == CANCELLED and not waiting.output_ids
+        engine.cancel(running)
+        assert running.done.wait(5)
+        assert running.finish_reason == CANCELLED
+        generated = len(running.output_ids)
+        time.sleep(0.2)
+        assert len(running.output_ids) == generated and engine.stats()["running"] == 0
+    finally:
+        engine.stop()
+
+
+def test_text_stream_pieces_add_up_to_the_cleaned_answer(door_model):
+    tokenizer, _ = door_model
+    texts = ["你好,世界!今天:晴;明天?", "He said , you do n't know", "版本[[训练时间]],发布", "a ,你",
+             "代码：\n    x = 1\n\n", "价格是 3.5 元 ,对吗 ?"]
+    for raw in texts:
+        ids = tokenizer(raw, add_special_tokens=False)["input_ids"]
+        expected = process_response(tokenizer.decode(ids))
+        text, pieces = TextStream(tokenizer), []
+        for end in range(1, len(ids) + 1):
+            pieces.append(text.update(ids[:end]))
+            assert expected.startswith("".join(pieces)), (raw, pieces)
+        pieces.append(text.finish(ids))
+        assert "".join(pieces) == expected == text.text, raw
+
+
+def test_text_stream_holds_back_what_may_still_change(door_model):
+    tokenizer, _ = door_model
+    ids = tokenizer("你好,", add_special_tokens=False)["input_ids"]
+    assert process_response(tokenizer.decode(ids)) == "你好，"  # a mark after CJK is decided at once
+    ids = tokenizer("abc,", add_special_tokens=False)["input_ids"]
+    assert TextStream(tokenizer).update(ids) == "abc"  # a CJK character may still follow
+    ids = tokenizer("年份[[训练", add_special_tokens=False)["input_ids"]
+    assert TextStream(tokenizer).update(ids) == "年份"
+
+
+def test_stop_strings_end_the_answer_before_them(door_model):
+    tokenizer, _ = door_model
+    ids = tokenizer("第一步做饭。第二步洗碗。", add_special_tokens=False)["input_ids"]
+    text, pieces = TextStream(tokenizer, stop=["第二步"]), []
+    for end in range(1, len(ids) + 1):
+        pieces.append(text.update(ids[:end]))
+        if text.stopped:
+            break
+    pieces.append(text.finish(ids[:end]))
+    assert text.stopped and "".join(pieces) == text.text == "第一步做饭。"
+
+
+def test_prompt_ids_drop_the_oldest_rounds_like_chat(door_model):
+    tokenizer, _ = door_model
+    history = [(f"第{i}个问题：今天天气怎么样", f"第{i}个回答：今天晴，气温二十度左右") for i in range(40)]
+    for max_length in (30, 120, 400, 2000):
+        # the rule of model.chat: leave out the oldest round while the prompt is too long
+        kept = list(history)
+        while kept and len(tokenizer(build_prompt("现在呢", kept))["input_ids"]) >= max_length:
+            kept = kept[1:]
+        assert prompt_ids(tokenizer, "现在呢", history, max_length) == \
+            tokenizer(build_prompt("现在呢", kept))["input_ids"]
+    with pytest.raises(PromptTooLong, match="max_length=3"):
+        prompt_ids(tokenizer, "现在呢", history, 3)
+
+
+def test_sample_next_tokens_follows_each_rows_settings():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 100)
+    top = logits.argmax(dim=-1)
+    temperature = torch.tensor([0.0, 1.0, 1.0, 1.0])
+    top_p = torch.tensor([0.7, 1.0, 0.0, 1.0])
+    top_k = torch.tensor([50, 1, 0, 5])
+    for _ in range(20):
+        tokens = sample_next_tokens(logits.clone(), temperature, top_p, top_k)
+        assert tokens[:3].tolist() == top[:3].tolist()  # greedy, top_k=1, top_p=0
+        assert tokens[3] in logits[3].topk(5).indices
+    bad = torch.full((1, 100), float("nan"))
+    assert sample_next_tokens(bad, torch.ones(1), torch.ones(1), torch.zeros(1, dtype=torch.long)).item() == 5
