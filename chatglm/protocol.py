@@ -86,6 +86,8 @@ class ChatCompletionRequest(BaseModel):
     max_tokens: Optional[StrictInt] = Field(None, ge=1, le=MAX_LENGTH_LIMIT, description="limit on the answer's tokens; default: "
                                                                     "what is left of the model's context")
     max_completion_tokens: Optional[StrictInt] = Field(None, ge=1, le=MAX_LENGTH_LIMIT, description="the newer name of max_tokens")
+    ignore_eos: StrictBool = Field(False, description="extension: go on past the end-of-answer token up to "
+                                                      "max_tokens (answers of a fixed length, for benchmarks)")
     stop: Union[StrictStr, List[StrictStr], None] = Field(
         None, description="up to 16 strings; the answer ends before the first one that appears")
     stream: StrictBool = Field(False, description="send the answer as server-sent events while it is generated")

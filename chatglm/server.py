@@ -286,9 +286,9 @@ def create_app(tokenizer, model, settings: Optional[ServerSettings] = None, *, m
         logger.error("internal error on %s", request.url.path, exc_info=exc)
         return error_response(request.url.path, 500, "internal server error (the server log has the details)")
 
-    def new_sequence(ids: List[int], max_new_tokens: int, temperature, top_p, top_k=None) -> Sequence:
+    def new_sequence(ids: List[int], max_new_tokens: int, temperature, top_p, top_k=None, ignore_eos=False):
         return Sequence(ids, max_new_tokens, temperature=temperature, top_p=top_p,
-                        top_k=default_top_k if top_k is None else top_k)
+                        top_k=default_top_k if top_k is None else top_k, ignore_eos=ignore_eos)
 
     def submit(request: Request, sequence: Sequence) -> asyncio.Task:
         """Queue ``sequence`` (503 when the queue is full) and cancel it if the client goes away."""
@@ -363,7 +363,7 @@ def create_app(tokenizer, model, settings: Optional[ServerSettings] = None, *, m
         limit = body.max_completion_tokens or body.max_tokens or room
         temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature
         top_p = DEFAULT_TOP_P if body.top_p is None else body.top_p
-        sequence = new_sequence(ids, min(limit, room), temperature, top_p, body.top_k)
+        sequence = new_sequence(ids, min(limit, room), temperature, top_p, body.top_k, body.ignore_eos)
         text = TextStream(tokenizer, body.stop_strings())
         reply_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
 

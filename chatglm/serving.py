@@ -79,19 +79,22 @@ def prompt_ids(tokenizer, query: str, history: Seq[Tuple[str, str]], max_length:
 class Sequence:
     """One request in the engine: a prompt, its sampling settings, and the ids generated so far.
 
-    ``temperature`` 0 means greedy; ``top_k`` 0 means no top-k limit. ``on_update`` (if set) is called from
+    ``temperature`` 0 means greedy; ``top_k`` 0 means no top-k limit; ``ignore_eos`` generates past the
+    end-of-answer token up to ``max_new_tokens``. ``on_update`` (if set) is called from
     the engine thread whenever ``output_ids`` grew or the sequence finished; ``done`` is set at the end.
     ``finish_reason`` is None while running, then "stop" (end-of-answer token), "length" (max_new_tokens),
     "cancelled" or "error" (``error`` says why).
     """
 
     def __init__(self, prompt_ids: Seq[int], max_new_tokens: int, *, temperature: float = 0.95,
-                 top_p: float = 0.7, top_k: int = 50, on_update: Optional[Callable[[], None]] = None):
+                 top_p: float = 0.7, top_k: int = 50, ignore_eos: bool = False,
+                 on_update: Optional[Callable[[], None]] = None):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self.prompt_ids = list(prompt_ids)
         self.max_new_tokens = max_new_tokens
         self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k)
+        self.ignore_eos = ignore_eos
         self.on_update = on_update
         self.output_ids: List[int] = []
         self.finish_reason: Optional[str] = None
@@ -381,7 +384,7 @@ class Engine:
             sequence.first_token_at = time.perf_counter()
         sequence.output_ids.append(token)
         self.counts["generated_tokens"] += 1
-        if token in self.eos_ids:
+        if token in self.eos_ids and not sequence.ignore_eos:
             self._finish(sequence, STOP)
         elif len(sequence.output_ids) >= sequence.max_new_tokens:
             self._finish(sequence, LENGTH)

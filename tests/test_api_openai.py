@@ -173,3 +173,9 @@ def test_lone_surrogate_and_deep_nesting(api_server):
                        "max_tokens")):
         reply = httpx.post(url, content=raw, headers={"Content-Type": "application/json"}, timeout=60)
         assert reply.status_code == 400 and word in reply.json()["error"]["message"], reply.text
+
+
+def test_ignore_eos_runs_to_max_tokens(client):
+    reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": "你好"}], temperature=0,
+                                           max_tokens=60, extra_body={"ignore_eos": True})
+    assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == 60

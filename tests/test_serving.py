@@ -91,7 +91,7 @@ def test_cancel_stops_a_running_and_a_waiting_request(door_model):
     engine = Engine(model, max_batch_size=1, max_waiting=1).start()
     try:
         ids = prompt_ids(tokenizer, "你好", [], 4096)
-        running = Sequence(ids, 4000, temperature=1.0, top_k=0)  # long: would take many seconds
+        running = Sequence(ids, 4000, ignore_eos=True)  # long: would take many seconds
         waiting = Sequence(ids, 10, temperature=0)
         engine.submit(running)
         while not running.output_ids:
