@@ -4,7 +4,7 @@ documents every field): the original ``POST /`` and the OpenAI-compatible ``/v1/
 Numbers are strict: ``"100"`` or ``true`` is not a number, and a float is not an integer.
 """
 
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -18,8 +18,8 @@ class ApiError(Exception):
     """A request that cannot be answered as sent: the HTTP status, a message saying what to do, the field at
     fault (``param``) and extra response headers."""
 
-    def __init__(self, status: int, message: str, param: Optional[str] = None,
-                 headers: Optional[Dict[str, str]] = None):
+    def __init__(self, status: int, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.headers = status, message, param, headers
 
@@ -29,7 +29,7 @@ class ApiError(Exception):
 
 class ChatRequest(BaseModel):
     prompt: StrictStr = Field(description="the question")
-    history: Optional[List[Tuple[StrictStr, StrictStr]]] = Field(
+    history: list[tuple[StrictStr, StrictStr]] | None = Field(
         None, description="earlier rounds as [question, answer] pairs, oldest first")
     max_length: StrictInt = Field(DEFAULT_MAX_LENGTH, ge=1, le=MAX_LENGTH_LIMIT,
                                   description="limit on prompt plus answer, in tokens; when the prompt with "
@@ -42,7 +42,7 @@ class ChatRequest(BaseModel):
 
 class ChatResponse(BaseModel):
     response: str
-    history: List[Tuple[str, str]]
+    history: list[tuple[str, str]]
     status: int = 200
     time: str = Field(description="when the answer was ready, YYYY-MM-DD HH:MM:SS (server's local time)")
 
@@ -58,8 +58,8 @@ class TextPart(BaseModel):
 class ChatMessage(BaseModel):
     role: Literal["system", "developer", "user", "assistant"] = Field(
         description="system and developer messages are put before the first user message")
-    content: Union[StrictStr, List[TextPart]]
-    name: Optional[StrictStr] = Field(None, description="accepted and ignored")
+    content: StrictStr | list[TextPart]
+    name: StrictStr | None = Field(None, description="accepted and ignored")
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -74,40 +74,43 @@ class StreamOptions(BaseModel):
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # like OpenAI: an unknown option is an error, not ignored
 
-    messages: List[ChatMessage] = Field(min_length=1, description="the conversation; the last one is the "
+    messages: list[ChatMessage] = Field(min_length=1, description="the conversation; the last one is the "
                                                                   "user's question")
-    model: Optional[StrictStr] = Field(None, description="accepted whatever it says; answers name the served model")
-    temperature: Optional[float] = Field(None, ge=0.0, le=2.0, strict=True, allow_inf_nan=False,
-                                         description=f"default {DEFAULT_TEMPERATURE}; 0 means greedy")
-    top_p: Optional[float] = Field(None, ge=0.0, le=1.0, strict=True, allow_inf_nan=False,
-                                   description=f"default {DEFAULT_TOP_P}")
-    top_k: Optional[StrictInt] = Field(None, ge=0, le=1_000_000, description="extension: sample among the k most likely tokens "
-                                                               "(0: no limit; default: the model's, 50)")
-    max_tokens: Optional[StrictInt] = Field(None, ge=1, le=MAX_LENGTH_LIMIT, description="limit on the answer's tokens; default: "
-                                                                    "what is left of the model's context")
-    max_completion_tokens: Optional[StrictInt] = Field(None, ge=1, le=MAX_LENGTH_LIMIT, description="the newer name of max_tokens")
+    model: StrictStr | None = Field(None, description="accepted whatever it says; answers name the served model")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True, allow_inf_nan=False,
+                                      description=f"default {DEFAULT_TEMPERATURE}; 0 means greedy")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, strict=True, allow_inf_nan=False,
+                                description=f"default {DEFAULT_TOP_P}")
+    top_k: StrictInt | None = Field(None, ge=0, le=1_000_000,
+                                    description="extension: sample among the k most likely tokens (0: no limit; "
+                                                "default: the model's, 50)")
+    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_LENGTH_LIMIT,
+                                         description="limit on the answer's tokens; default: what is left of the "
+                                                     "model's context")
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=MAX_LENGTH_LIMIT,
+                                                    description="the newer name of max_tokens")
     ignore_eos: StrictBool = Field(False, description="extension: go on past the end-of-answer token up to "
                                                       "max_tokens (answers of a fixed length, for benchmarks)")
-    stop: Union[StrictStr, List[StrictStr], None] = Field(
+    stop: StrictStr | list[StrictStr] | None = Field(
         None, description="up to 16 strings; the answer ends before the first one that appears")
     stream: StrictBool = Field(False, description="send the answer as server-sent events while it is generated")
-    stream_options: Optional[StreamOptions] = None
-    user: Optional[StrictStr] = Field(None, description="accepted and ignored")
+    stream_options: StreamOptions | None = None
+    user: StrictStr | None = Field(None, description="accepted and ignored")
     # accepted only at their "off" values, so that a client relying on them gets a clear error
-    n: Optional[StrictInt] = Field(None, description="not supported beyond 1")
-    tools: Optional[List[Any]] = Field(None, description="not supported")
-    tool_choice: Optional[Any] = Field(None, description="not supported")
-    functions: Optional[List[Any]] = Field(None, description="not supported")
-    function_call: Optional[Any] = Field(None, description="not supported")
-    logprobs: Optional[StrictBool] = Field(None, description="not supported")
-    top_logprobs: Optional[StrictInt] = Field(None, description="not supported")
-    presence_penalty: Optional[float] = Field(None, description="not supported beyond 0")
-    frequency_penalty: Optional[float] = Field(None, description="not supported beyond 0")
-    logit_bias: Optional[Dict[str, float]] = Field(None, description="not supported")
-    seed: Optional[StrictInt] = Field(None, description="not supported")
-    response_format: Optional[Dict[str, Any]] = Field(None, description="only {\"type\": \"text\"}")
+    n: StrictInt | None = Field(None, description="not supported beyond 1")
+    tools: list[Any] | None = Field(None, description="not supported")
+    tool_choice: Any | None = Field(None, description="not supported")
+    functions: list[Any] | None = Field(None, description="not supported")
+    function_call: Any | None = Field(None, description="not supported")
+    logprobs: StrictBool | None = Field(None, description="not supported")
+    top_logprobs: StrictInt | None = Field(None, description="not supported")
+    presence_penalty: float | None = Field(None, description="not supported beyond 0")
+    frequency_penalty: float | None = Field(None, description="not supported beyond 0")
+    logit_bias: dict[str, float] | None = Field(None, description="not supported")
+    seed: StrictInt | None = Field(None, description="not supported")
+    response_format: dict[str, Any] | None = Field(None, description="only {\"type\": \"text\"}")
 
-    def stop_strings(self) -> List[str]:
+    def stop_strings(self) -> list[str]:
         stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
         if len(stop) > 16:
             raise ApiError(400, f"'stop' takes at most 16 strings, got {len(stop)}", "stop")
@@ -135,7 +138,7 @@ class ChatCompletionRequest(BaseModel):
                                  f"per request); leave it out", name)
 
 
-def messages_to_chat(messages: List[ChatMessage]) -> Tuple[str, List[Tuple[str, str]]]:
+def messages_to_chat(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, str]]]:
     """OpenAI messages -> ChatGLM's (query, history [(question, answer), ...]).
 
     ChatGLM-6B has no system role: the text of all system/developer messages goes before the first user
@@ -144,7 +147,7 @@ def messages_to_chat(messages: List[ChatMessage]) -> Tuple[str, List[Tuple[str, 
     continue an answer that was already started.
     """
     system = "\n".join(m.text() for m in messages if m.role in ("system", "developer"))
-    turns: List[List[str]] = []  # [role, text], consecutive roles merged
+    turns: list[list[str]] = []  # [role, text], consecutive roles merged
     for message in messages:
         if message.role in ("system", "developer"):
             continue
@@ -186,7 +189,7 @@ class ChatCompletion(BaseModel):
     object: Literal["chat.completion"] = "chat.completion"
     created: int
     model: str
-    choices: List[Choice]
+    choices: list[Choice]
     usage: Usage
 
 
@@ -199,7 +202,7 @@ class ModelCard(BaseModel):
 
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
-    data: List[ModelCard]
+    data: list[ModelCard]
 
 
 # every field name above, to tell them apart from pydantic's union tags in error locations

@@ -19,8 +19,8 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence as Seq, Tuple
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,8 +30,16 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
-from .protocol import (FIELD_NAMES, ApiError, ChatCompletion, ChatCompletionRequest, ChatRequest, ChatResponse,
-                       ModelList, messages_to_chat)
+from .protocol import (
+    FIELD_NAMES,
+    ApiError,
+    ChatCompletion,
+    ChatCompletionRequest,
+    ChatRequest,
+    ChatResponse,
+    ModelList,
+    messages_to_chat,
+)
 from .serving import ERROR, STOP, Engine, PromptTooLong, QueueFull, Sequence, TextStream, follow, prompt_ids
 
 logger = logging.getLogger("chatglm.api")
@@ -43,7 +51,7 @@ BODY_EXAMPLES = {"/": '{"prompt": "你好", "history": []}',
 
 @dataclass
 class ServerSettings:
-    api_key: Optional[str] = None  # when set, every route but /health needs "Authorization: Bearer <key>"
+    api_key: str | None = None  # when set, every route but /health needs "Authorization: Bearer <key>"
     cors_origins: Seq[str] = ()  # origins allowed to call from a browser; none: CORS stays off
     log_content: bool = False  # log prompts and answers (off: only sizes and timings)
     max_body_bytes: int = 1 << 20
@@ -61,8 +69,8 @@ def safe_text(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def error_response(path: str, status: int, message: str, param: Optional[str] = None,
-                   headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+def error_response(path: str, status: int, message: str, param: str | None = None,
+                   headers: dict[str, str] | None = None) -> JSONResponse:
     message = safe_text(message, 1000)
     if path.startswith("/v1/"):
         kind = "invalid_request_error" if status < 500 else "server_error"
@@ -72,7 +80,7 @@ def error_response(path: str, status: int, message: str, param: Optional[str] = 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-def describe_validation_error(exc: RequestValidationError, path: str) -> Tuple[str, Optional[str]]:
+def describe_validation_error(exc: RequestValidationError, path: str) -> tuple[str, str | None]:
     """One message naming each field at fault (pydantic's union tags left out), and the first field."""
     messages, fields = [], []
     for error in exc.errors():
@@ -242,7 +250,7 @@ async def cancel_on_disconnect(engine: Engine, sequence: Sequence, receive):
     engine.cancel(sequence)
 
 
-def create_app(tokenizer, model, settings: Optional[ServerSettings] = None, *, model_name: str = "chatglm"):
+def create_app(tokenizer, model, settings: ServerSettings | None = None, *, model_name: str = "chatglm"):
     """The FastAPI app serving ``model``; its Engine starts and stops with the app's lifespan."""
     settings = settings or ServerSettings()
     engine = Engine(model, max_batch_size=settings.max_batch_size, max_waiting=settings.max_queue)
@@ -286,7 +294,7 @@ def create_app(tokenizer, model, settings: Optional[ServerSettings] = None, *, m
         logger.error("internal error on %s", request.url.path, exc_info=exc)
         return error_response(request.url.path, 500, "internal server error (the server log has the details)")
 
-    def new_sequence(ids: List[int], max_new_tokens: int, temperature, top_p, top_k=None, ignore_eos=False):
+    def new_sequence(ids: list[int], max_new_tokens: int, temperature, top_p, top_k=None, ignore_eos=False):
         return Sequence(ids, max_new_tokens, temperature=temperature, top_p=top_p,
                         top_k=default_top_k if top_k is None else top_k, ignore_eos=ignore_eos)
 
@@ -298,7 +306,7 @@ def create_app(tokenizer, model, settings: Optional[ServerSettings] = None, *, m
             raise ApiError(503, f"the server is busy ({exc}); retry shortly", headers={"Retry-After": "1"}) from None
         return asyncio.ensure_future(cancel_on_disconnect(engine, sequence, request.receive))
 
-    def outcome(sequence: Sequence, text: TextStream) -> Tuple[str, str]:
+    def outcome(sequence: Sequence, text: TextStream) -> tuple[str, str]:
         """The last piece of text and the OpenAI finish reason of a sequence that has ended."""
         if sequence.finish_reason == ERROR:
             raise ApiError(500, f"generating this answer failed: {sequence.error}")
@@ -357,8 +365,9 @@ def create_app(tokenizer, model, settings: Optional[ServerSettings] = None, *, m
         try:
             ids = prompt_ids(tokenizer, query, history, context_length)
         except PromptTooLong as exc:
-            raise ApiError(400, f"'messages': the last user message alone is {exc.length} tokens and leaves no room "
-                                f"for an answer in the model's context of {context_length} tokens", "messages") from None
+            raise ApiError(400, f"'messages': the last user message alone is {exc.length} tokens and leaves no "
+                                f"room for an answer in the model's context of {context_length} tokens",
+                           "messages") from None
         room = context_length - len(ids)
         limit = body.max_completion_tokens or body.max_tokens or room
         temperature = DEFAULT_TEMPERATURE if body.temperature is None else body.temperature

@@ -24,12 +24,14 @@ import collections
 import logging
 import threading
 import time
-from typing import Callable, List, Optional, Sequence as Seq, Tuple
+from collections.abc import Callable
+from collections.abc import Sequence as Seq
 
 import torch
 import torch.nn.functional as F
 
 from .generation import build_prompt, process_response
+from .positions import glm_position_ids
 
 logger = logging.getLogger("chatglm.serving")
 
@@ -49,14 +51,14 @@ class PromptTooLong(ValueError):
         self.limit = limit
 
 
-def prompt_ids(tokenizer, query: str, history: Seq[Tuple[str, str]], max_length: int) -> List[int]:
+def prompt_ids(tokenizer, query: str, history: Seq[tuple[str, str]], max_length: int) -> list[int]:
     """Token ids of the chat prompt for ``query`` after ``history``. Like ``model.chat``, the oldest rounds
     are left out while the prompt would leave no room to answer within ``max_length``; the fewest rounds to
     leave out are found by bisection (a prompt only gets shorter as rounds are dropped), so a long history
     costs O(log rounds) tokenizations, not one per dropped round. Raises PromptTooLong."""
     history = list(history)
 
-    def encode(dropped: int) -> List[int]:
+    def encode(dropped: int) -> list[int]:
         return tokenizer(build_prompt(query, history[dropped:]))["input_ids"]
 
     ids = encode(0)
@@ -88,7 +90,7 @@ class Sequence:
 
     def __init__(self, prompt_ids: Seq[int], max_new_tokens: int, *, temperature: float = 0.95,
                  top_p: float = 0.7, top_k: int = 50, ignore_eos: bool = False,
-                 on_update: Optional[Callable[[], None]] = None):
+                 on_update: Callable[[], None] | None = None):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self.prompt_ids = list(prompt_ids)
@@ -96,9 +98,9 @@ class Sequence:
         self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k)
         self.ignore_eos = ignore_eos
         self.on_update = on_update
-        self.output_ids: List[int] = []
-        self.finish_reason: Optional[str] = None
-        self.error: Optional[str] = None
+        self.output_ids: list[int] = []
+        self.finish_reason: str | None = None
+        self.error: str | None = None
         self.cancel_requested = False
         self.done = threading.Event()
         self.submitted_at = self.first_token_at = None
@@ -111,8 +113,8 @@ class BatchKVCache:
     """
 
     def __init__(self):
-        self.keys: List[torch.Tensor] = []
-        self.values: List[torch.Tensor] = []
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
 
     def update(self, key, value, layer_idx, *args, **kwargs):
         if layer_idx == len(self.keys):
@@ -149,14 +151,16 @@ class BatchKVCache:
 class RunningBatch:
     """The engine's state between steps: row i belongs to ``sequences[i]``.
 
-    ``padding`` [batch, cached]: 1 for a real token, 0 for left padding. ``positions`` [batch, 2, 1] (or
-    [batch, 1] without 2-D positions): the GLM positions of the last token fed in. ``next_tokens`` [batch]:
-    the tokens sampled last, to be fed in at the next step.
+    ``padding`` [batch, cached]: 1 for a real token, 0 for left padding. ``context_lengths`` and
+    ``mask_positions`` [batch]: where each row's `<sop>` and mask token are, counted without padding (they
+    give the GLM positions of every new token). ``next_tokens`` [batch]: the tokens sampled last, to be fed
+    in at the next step.
     """
 
-    def __init__(self, sequence, cache, padding, positions, next_tokens):
+    def __init__(self, sequence, cache, padding, context_lengths, mask_positions, next_tokens):
         self.sequences = [sequence]
-        self.cache, self.padding, self.positions, self.next_tokens = cache, padding, positions, next_tokens
+        self.cache, self.padding, self.next_tokens = cache, padding, next_tokens
+        self.context_lengths, self.mask_positions = context_lengths, mask_positions
 
     def __len__(self):
         return len(self.sequences)
@@ -169,17 +173,19 @@ class RunningBatch:
         shorter.padding = F.pad(shorter.padding, (abs(difference), 0))
         self.cache.append_rows(other.cache)
         self.padding = torch.cat((self.padding, other.padding))
-        self.positions = torch.cat((self.positions, other.positions))
+        self.context_lengths = torch.cat((self.context_lengths, other.context_lengths))
+        self.mask_positions = torch.cat((self.mask_positions, other.mask_positions))
         self.next_tokens = torch.cat((self.next_tokens, other.next_tokens))
         self.sequences += other.sequences
 
-    def keep(self, keep: List[bool]):
+    def keep(self, keep: list[bool]):
         """Keep the rows marked True, then drop the leading columns that are padding in every row."""
         rows = torch.tensor([i for i, k in enumerate(keep) if k], device=self.padding.device)
         self.sequences = [s for s, k in zip(self.sequences, keep) if k]
         self.cache.keep_rows(rows)
         self.padding = self.padding.index_select(0, rows)
-        self.positions = self.positions.index_select(0, rows)
+        self.context_lengths = self.context_lengths.index_select(0, rows)
+        self.mask_positions = self.mask_positions.index_select(0, rows)
         self.next_tokens = self.next_tokens.index_select(0, rows)
         unused = int(self.padding.any(dim=0).int().argmax())  # first column holding a real token
         if unused:
@@ -228,7 +234,7 @@ class Engine:
         self.max_waiting = max_waiting
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        self.batch: Optional[RunningBatch] = None  # touched by the engine thread only
+        self.batch: RunningBatch | None = None  # touched by the engine thread only
         self.waiting: collections.deque = collections.deque()
         self.wakeup = threading.Condition()
         self.stopping = False
@@ -306,7 +312,7 @@ class Engine:
         self.waiting.clear()
         self.batch = None
 
-    def _finish(self, sequence: Sequence, reason: str, error: Optional[str] = None):
+    def _finish(self, sequence: Sequence, reason: str, error: str | None = None):
         sequence.error = error
         sequence.finish_reason = reason
         self.counts[f"finished_{reason}"] += 1
@@ -333,7 +339,7 @@ class Engine:
                 self._finish(sequence, CANCELLED)
         self._keep_rows(keep)
 
-    def _keep_rows(self, keep: List[bool]):
+    def _keep_rows(self, keep: list[bool]):
         if any(keep):
             self.batch.keep(keep)
         else:
@@ -348,16 +354,17 @@ class Engine:
         model = self.model
         try:
             ids = torch.tensor([sequence.prompt_ids], device=model.device)  # [1, prompt]
-            positions = model.transformer.get_position_ids(ids)  # [1, 2, prompt]
+            context_length, mask_position, _ = model.transformer._special_positions(ids)
             cache = BatchKVCache()
-            logits = model(ids, position_ids=positions, cache=cache, use_cache=True).logits[:, -1].float()
+            logits = model(ids, position_ids=model.transformer.get_position_ids(ids), cache=cache,
+                           use_cache=True).logits[:, -1].float()
             token = sample_next_tokens(logits, *self._settings([sequence]))
         except Exception as exc:
             logger.warning("prefill failed: %s: %s", type(exc).__name__, exc)
             self._finish(sequence, ERROR, f"{type(exc).__name__}: {exc}")
             return
         self.counts["prompt_tokens"] += len(sequence.prompt_ids)
-        joined = RunningBatch(sequence, cache, torch.ones_like(ids), positions[..., -1:], token)
+        joined = RunningBatch(sequence, cache, torch.ones_like(ids), context_length, mask_position, token)
         if self._append_token(sequence, int(token)):
             if self.batch is None:
                 self.batch = joined
@@ -367,12 +374,16 @@ class Engine:
     def _decode_step(self):
         """One forward pass for every running row, then one new token per row."""
         batch, model = self.batch, self.model
-        padding = F.pad(batch.padding, (0, 1), value=1)  # [batch, cached + 1]
-        positions = model.next_position_ids(batch.positions)
+        # the fed token sits at index `width` of the left-padded rows; `pads` takes the padding back out
+        width = batch.padding.shape[1]
+        pads = width - batch.padding.sum(dim=1)
+        positions = glm_position_ids(width + 1, batch.context_lengths + pads, batch.mask_positions + pads, pads=pads,
+                                     start=width, two_d=model.config.position_encoding_2d)  # [batch, 2, 1]
+        padding = F.pad(batch.padding, (0, 1), value=1)  # [batch, width + 1]
         logits = model(batch.next_tokens[:, None], position_ids=positions, attention_mask=padding,
                        cache=batch.cache, use_cache=True).logits[:, -1].float()
         tokens = sample_next_tokens(logits, *self._settings(batch.sequences))
-        batch.padding, batch.positions, batch.next_tokens = padding, positions, tokens
+        batch.padding, batch.next_tokens = padding, tokens
         self.counts["steps"] += 1
         keep = [self._append_token(s, t) for s, t in zip(batch.sequences, tokens.tolist())]
         if not all(keep):
@@ -395,7 +406,7 @@ class Engine:
             return True
         return False
 
-    def _settings(self, sequences: List[Sequence]):
+    def _settings(self, sequences: list[Sequence]):
         device = self.model.device
         return (torch.tensor([s.temperature for s in sequences], device=device),
                 torch.tensor([s.top_p for s in sequences], device=device),

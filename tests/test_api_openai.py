@@ -87,7 +87,8 @@ def test_messages_map_onto_query_and_history(client, door_model):
     messages = [{"role": "system", "content": "你是一个助手"},
                 {"role": "user", "content": "你好"},
                 {"role": "assistant", "content": "你好！"},
-                {"role": "user", "content": [{"type": "text", "text": "晚上睡不着"}, {"type": "text", "text": "怎么办"}]}]
+                {"role": "user", "content": [{"type": "text", "text": "晚上睡不着"},
+                                             {"type": "text", "text": "怎么办"}]}]
     reply = client.chat.completions.create(model="m", messages=messages, temperature=0)
     expected = chat_alone(door_model, "晚上睡不着怎么办", [("你是一个助手\n你好", "你好！")])
     assert reply.choices[0].message.content == expected

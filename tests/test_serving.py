@@ -6,8 +6,19 @@ import pytest
 import torch
 
 from chatglm.generation import build_prompt, process_response
-from chatglm.serving import (CANCELLED, ERROR, LENGTH, STOP, Engine, PromptTooLong, QueueFull, Sequence, TextStream,
-                             prompt_ids, sample_next_tokens)
+from chatglm.serving import (
+    CANCELLED,
+    ERROR,
+    LENGTH,
+    STOP,
+    Engine,
+    PromptTooLong,
+    QueueFull,
+    Sequence,
+    TextStream,
+    prompt_ids,
+    sample_next_tokens,
+)
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办", "Write a haiku about the sea", "hi",
            "1+1等于几？请详细解释一下你的计算过程，然后再举三个例子", "介绍一下北京"]
@@ -34,6 +45,7 @@ def answer(tokenizer, sequence):
     return text.text
 
 
+@pytest.mark.slow  # generates with the demo model
 def test_batched_greedy_answers_equal_chat_alone(engine, door_model):
     tokenizer, model = door_model
     history = [("你好", "你好！有什么可以帮你的吗？")]
@@ -56,6 +68,7 @@ def test_batched_greedy_answers_equal_chat_alone(engine, door_model):
     assert engine.stats()["running"] == 0
 
 
+@pytest.mark.slow  # generates with the demo model
 def test_sampling_settings_are_per_request(engine, door_model):
     tokenizer, _ = door_model
     ids = prompt_ids(tokenizer, "你好", [], MAX_LENGTH)
@@ -69,6 +82,7 @@ def test_sampling_settings_are_per_request(engine, door_model):
     assert len({tuple(s.output_ids) for s in sampled}) == 3
 
 
+@pytest.mark.slow  # generates with the demo model
 def test_a_failing_request_fails_alone(engine, door_model):
     tokenizer, model = door_model
     good_ids = prompt_ids(tokenizer, "你好", [], MAX_LENGTH)
@@ -86,6 +100,7 @@ def test_a_failing_request_fails_alone(engine, door_model):
     assert again.output_ids == good.output_ids
 
 
+@pytest.mark.slow  # generates with the demo model
 def test_cancel_stops_a_running_and_a_waiting_request(door_model):
     tokenizer, model = door_model
     engine = Engine(model, max_batch_size=1, max_waiting=1).start()
