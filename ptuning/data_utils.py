@@ -24,10 +24,11 @@ import os
 
 import torch
 
+from chatglm.errors import UserError
 from chatglm.generation import format_rounds
 
 
-class DataFileError(ValueError):
+class DataFileError(UserError, ValueError):
     """A data file that cannot be used; the message names the file, the line and the problem."""
 
 
@@ -38,25 +39,31 @@ class DataFileError(ValueError):
 
 def _check_row(row, where, prompt_column, response_column, history_column):
     if not isinstance(row, dict):
-        raise DataFileError(f"{where}: expected a JSON object like {{\"{prompt_column}\": ..., \"{response_column}\": ...}}, got {type(row).__name__}")
+        raise DataFileError(f"{where}: expected a JSON object like "
+                            f"{{\"{prompt_column}\": ..., \"{response_column}\": ...}}, got {type(row).__name__}")
     for col in (prompt_column, response_column):
         if col not in row:
-            raise DataFileError(f"{where}: missing column \"{col}\" (columns present: {', '.join(map(str, row)) or 'none'})")
+            raise DataFileError(f"{where}: missing column \"{col}\" "
+                                f"(columns present: {', '.join(map(str, row)) or 'none'})")
         value = row[col]
         if value is not None and not isinstance(value, str):
-            raise DataFileError(f"{where}: column \"{col}\" must be a string, got {type(value).__name__} {json.dumps(value, ensure_ascii=False)[:60]}")
+            raise DataFileError(f"{where}: column \"{col}\" must be a string, got {type(value).__name__} "
+                                f"{json.dumps(value, ensure_ascii=False)[:60]}")
     if history_column is not None:
         if history_column not in row:
-            raise DataFileError(f"{where}: missing column \"{history_column}\" (columns present: {', '.join(map(str, row))})")
+            raise DataFileError(f"{where}: missing column \"{history_column}\" "
+                                f"(columns present: {', '.join(map(str, row))})")
         hist = row[history_column]
         if hist is None:
             row[history_column] = []
             return row
         if not isinstance(hist, list):
-            raise DataFileError(f"{where}: column \"{history_column}\" must be a list of [question, answer] pairs, got {type(hist).__name__}")
+            raise DataFileError(f"{where}: column \"{history_column}\" must be a list of [question, answer] "
+                                f"pairs, got {type(hist).__name__}")
         for i, turn in enumerate(hist):
             if not (isinstance(turn, (list, tuple)) and len(turn) == 2 and all(isinstance(t, str) for t in turn)):
-                raise DataFileError(f"{where}: column \"{history_column}\" item {i} must be a [question, answer] pair of strings, got {json.dumps(turn, ensure_ascii=False)[:80]}")
+                raise DataFileError(f"{where}: column \"{history_column}\" item {i} must be a [question, answer] "
+                                    f"pair of strings, got {json.dumps(turn, ensure_ascii=False)[:80]}")
         row[history_column] = [list(t) for t in hist]
     return row
 
@@ -74,14 +81,16 @@ def read_data_file(path, prompt_column, response_column, history_column=None):
             reader = csv.DictReader(f)
             for col in columns:
                 if reader.fieldnames is None or col not in reader.fieldnames:
-                    raise DataFileError(f"{path}:1: missing column \"{col}\" in the CSV header (columns: {', '.join(reader.fieldnames or [])})")
+                    raise DataFileError(f"{path}:1: missing column \"{col}\" in the CSV header "
+                                        f"(columns: {', '.join(reader.fieldnames or [])})")
             for row in reader:
                 where = f"{path}:{reader.line_num}"
                 if history_column is not None:
                     try:
                         row[history_column] = json.loads(row[history_column]) if row[history_column] else []
                     except json.JSONDecodeError as e:
-                        raise DataFileError(f"{where}: column \"{history_column}\" is not valid JSON ({e.msg})") from None
+                        raise DataFileError(
+                            f"{where}: column \"{history_column}\" is not valid JSON ({e.msg})") from None
                 row = _check_row(row, where, prompt_column, response_column, history_column)
                 rows.append({c: row[c] for c in columns})
         return rows
@@ -155,7 +164,8 @@ def pad_training_rows(rows, pad_id):
     return input_ids, labels
 
 
-def build_train_features(tokenizer, prompt, answer, max_source_length, max_target_length, ignore_pad_token_for_loss=True):
+def build_train_features(tokenizer, prompt, answer, max_source_length, max_target_length,
+                         ignore_pad_token_for_loss=True):
     """input_ids and labels of one training row (fixed length max_source_length + max_target_length)."""
     pad = tokenizer.pad_token_id
     input_ids, labels = build_training_row(tokenizer, prompt, answer, max_source_length, max_target_length)
@@ -167,7 +177,8 @@ def build_train_features(tokenizer, prompt, answer, max_source_length, max_targe
     return input_ids, labels
 
 
-def build_eval_features(tokenizer, prompt, answer, max_source_length, max_target_length, ignore_pad_token_for_loss=True):
+def build_eval_features(tokenizer, prompt, answer, max_source_length, max_target_length,
+                        ignore_pad_token_for_loss=True):
     """Unpadded prompt ids (ending in [gMASK] <sop>) and label ids of one evaluation row."""
     gmask, sop, eop, pad = special_ids(tokenizer)
     src = tokenizer.encode(prompt, add_special_tokens=False)[: max(max_source_length - 2, 0)] + [gmask, sop]
@@ -239,7 +250,8 @@ class ChatGLMCollator:
         ids = [list(f["input_ids"]) for f in features]
         labels = [list(f["labels"]) for f in features] if "labels" in features[0] else None
         same_len = len({len(x) for x in ids}) == 1
-        is_train = labels is not None and same_len and len({len(x) for x in labels}) == 1 and len(labels[0]) == len(ids[0])
+        is_train = (labels is not None and same_len and len({len(x) for x in labels}) == 1
+                    and len(labels[0]) == len(ids[0]))
         if is_train:
             input_ids, labels = pad_training_rows(list(zip(ids, labels)), self.tokenizer.pad_token_id)
             return {"input_ids": input_ids, "labels": labels}
@@ -247,5 +259,6 @@ class ChatGLMCollator:
         batch = dict(self.tokenizer.pad({"input_ids": ids}, padding=True, return_tensors="pt"))
         if labels is not None:
             width = max(len(x) for x in labels)
-            batch["labels"] = torch.tensor([x + [self.label_pad_token_id] * (width - len(x)) for x in labels], dtype=torch.long)
+            batch["labels"] = torch.tensor([x + [self.label_pad_token_id] * (width - len(x)) for x in labels],
+                                           dtype=torch.long)
         return batch

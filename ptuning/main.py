@@ -20,11 +20,13 @@ import torch
 import transformers
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 
+from chatglm.cli import run_script
+from chatglm.errors import UserError
 from chatglm.generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from ptuning.arguments import DataTrainingArguments, ModelArguments
-from ptuning.data_utils import ChatGLMCollator, DataFileError, make_preprocessors, print_dataset_example, read_data_file
+from ptuning.data_utils import ChatGLMCollator, make_preprocessors, print_dataset_example, read_data_file
 from ptuning.metrics import decode_ids, make_compute_metrics
-from ptuning.prefix import PrefixCheckpointError, half_with_fp32_prefix, load_for_ptuning
+from ptuning.prefix import half_with_fp32_prefix, load_for_ptuning
 from ptuning.trainer_seq2seq import Seq2SeqTrainer
 
 logger = logging.getLogger(__name__)
@@ -65,17 +67,11 @@ def parse_args(argv=None):
     return parser.parse_args_into_dataclasses(args=_compat_argv(argv))
 
 
-def _fail(message):
-    logger.error(message)
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def load_raw_datasets(data_args, model_args, training_args):
     """{"train"/"validation"/"test": datasets.Dataset} after checking every row of the data files."""
     columns = (data_args.prompt_column, data_args.response_column, data_args.history_column)
     if data_args.prompt_column is None or data_args.response_column is None:
-        _fail("--prompt_column and --response_column are required (AdvertiseGen: content / summary)")
+        raise UserError("--prompt_column and --response_column are required (AdvertiseGen: content / summary)")
     wanted = {}
     if training_args.do_train:
         wanted["train"] = data_args.train_file
@@ -89,22 +85,20 @@ def load_raw_datasets(data_args, model_args, training_args):
                                     cache_dir=model_args.cache_dir)
         for split in wanted:
             if split not in hub:
-                _fail(f"--dataset_name {data_args.dataset_name} has no '{split}' split (it has {', '.join(hub)})")
+                raise UserError(f"--dataset_name {data_args.dataset_name} has no '{split}' split "
+                                f"(it has {', '.join(hub)})")
             missing = [c for c in columns if c is not None and c not in hub[split].column_names]
             if missing:
-                _fail(f"--dataset_name {data_args.dataset_name} [{split}]: missing column(s) {', '.join(missing)}")
+                raise UserError(f"--dataset_name {data_args.dataset_name} [{split}]: "
+                                f"missing column(s) {', '.join(missing)}")
             raw[split] = hub[split]
         return raw
     for split, path in wanted.items():
         if path is None:
             flag = {"train": "--train_file (for --do_train)", "validation": "--validation_file (for --do_eval)",
                     "test": "--test_file (for --do_predict)"}[split]
-            _fail(f"missing {flag}")
-        try:
-            rows = read_data_file(path, *columns)
-        except DataFileError as e:
-            _fail(str(e))
-        raw[split] = datasets.Dataset.from_list(rows)
+            raise UserError(f"missing {flag}")
+        raw[split] = datasets.Dataset.from_list(read_data_file(path, *columns))
     return raw
 
 
@@ -132,12 +126,9 @@ def main(argv=None):
     raw = load_raw_datasets(data_args, model_args, training_args)
 
     # ---- model ----
-    try:
-        config, tokenizer, model = load_for_ptuning(
-            model_args, dtype=torch.float32, cache_dir=model_args.cache_dir,
-            token=True if model_args.use_auth_token else None, revision=model_args.model_revision)
-    except PrefixCheckpointError as e:
-        _fail(str(e))
+    config, tokenizer, model = load_for_ptuning(
+        model_args, dtype=torch.float32, cache_dir=model_args.cache_dir,
+        token=True if model_args.use_auth_token else None, revision=model_args.model_revision)
     if training_args.device.type == "cuda" and model_args.pre_seq_len is not None:
         model = half_with_fp32_prefix(model)
     else:
@@ -162,7 +153,7 @@ def main(argv=None):
         if len(dataset) == 0:
             source = {"train": data_args.train_file, "validation": data_args.validation_file,
                       "test": data_args.test_file}[split]
-            _fail(f"{source}: no usable rows (every prompt or answer is empty)")
+            raise UserError(f"{source}: no usable rows (every prompt or answer is empty)")
         print_dataset_example(tokenizer, dataset[0])
         return dataset
 
@@ -248,4 +239,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -178,17 +178,15 @@ def test_csv_and_good_file(tmp_path):
     assert len(rows) == 100
 
 
-def test_main_rejects_bad_file_before_loading_model(tmp_path, capsys):
+def test_main_rejects_bad_file_before_loading_model(tmp_path):
     from ptuning import main as ptuning_main
 
     bad = write(tmp_path / "train.json", ['{"content": "a", "summary": "b"}', '{"content": "a", "summary": 3}'])
-    with pytest.raises(SystemExit) as e:
+    # the model folder does not exist: the data error comes first
+    with pytest.raises(data_utils.DataFileError, match=f"{bad}:2: column \"summary\" must be a string"):
         ptuning_main.main(["--do_train", "--train_file", bad, "--prompt_column", "content", "--response_column",
                            "summary", "--model_name_or_path", str(tmp_path / "no-such-model"), "--output_dir",
                            str(tmp_path / "out"), "--use_cpu", "--report_to", "none"])
-    assert e.value.code == 2
-    err = capsys.readouterr().err
-    assert f"{bad}:2: column \"summary\" must be a string" in err
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -228,9 +226,11 @@ def test_sample_data_is_reproducible(tmp_path):
 
     subprocess.run([sys.executable, str(PTUNING / "data" / "make_sample.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)
-    for rel in ("AdvertiseGen_sample/train.json", "AdvertiseGen_sample/dev.json", "chat_sample/train.json", "chat_sample/dev.json"):
+    for rel in ("AdvertiseGen_sample/train.json", "AdvertiseGen_sample/dev.json", "chat_sample/train.json",
+                "chat_sample/dev.json"):
         assert (tmp_path / rel).read_bytes() == (PTUNING / "data" / rel).read_bytes(), rel
-    rows = [json.loads(l) for l in (tmp_path / "AdvertiseGen_sample/train.json").read_text(encoding="utf-8").splitlines()]
+    lines = (tmp_path / "AdvertiseGen_sample/train.json").read_text(encoding="utf-8").splitlines()
+    rows = [json.loads(line) for line in lines]
     assert len(rows) == 1000 and all(r["content"].startswith("类型#") and r["summary"] for r in rows)
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from ptuning.prefix import PrefixCheckpointError
+
 pytestmark = pytest.mark.slow  # training runs, torchrun and the shell scripts
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -95,7 +97,7 @@ def test_ptuning_eval_predict_outputs(ptuned):
     assert (out / "all_results.json").is_file() and (out / "train_results.json").is_file()
     lines = (out / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 5
-    dev = [json.loads(l) for l in (ADGEN / "dev.json").read_text(encoding="utf-8").splitlines()][:5]
+    dev = [json.loads(row) for row in (ADGEN / "dev.json").read_text(encoding="utf-8").splitlines()][:5]
     for line, row in zip(lines, dev):
         item = json.loads(line)
         assert set(item) == {"labels", "predict"}
@@ -129,7 +131,7 @@ def test_ptuning_checkpoint_loads_back(ptuned, base_model):
     assert torch.equal(model2.transformer.prefix_encoder.embedding.weight.detach(), saved)
 
 
-def test_ptuning_predict_with_checkpoint_and_errors(ptuned, base_model, tmp_path, capsys):
+def test_ptuning_predict_with_checkpoint_and_errors(ptuned, base_model, tmp_path):
     out, _ = ptuned
     ck = out / "checkpoint-4"
     pred = tmp_path / "pred"
@@ -137,22 +139,19 @@ def test_ptuning_predict_with_checkpoint_and_errors(ptuned, base_model, tmp_path
                         "--max_predict_samples", "2", "--per_device_eval_batch_size", "2", "--predict_with_generate"))
     assert len((pred / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 2
 
-    with pytest.raises(SystemExit):
-        run_main(adgen_args(base_model, tmp_path / "x", "--do_predict", "--ptuning_checkpoint", ck, "--pre_seq_len", "8",
-                            "--predict_with_generate"))
-    assert "trained with pre_seq_len=4, but --pre_seq_len is 8" in capsys.readouterr().err
+    with pytest.raises(PrefixCheckpointError, match="trained with pre_seq_len=4, but --pre_seq_len is 8"):
+        run_main(adgen_args(base_model, tmp_path / "x", "--do_predict", "--ptuning_checkpoint", ck,
+                            "--pre_seq_len", "8", "--predict_with_generate"))
 
-    with pytest.raises(SystemExit):
+    with pytest.raises(PrefixCheckpointError, match="holds no P-Tuning prefix weights"):
         run_main(adgen_args(base_model, tmp_path / "y", "--do_predict", "--ptuning_checkpoint", base_model,
                             "--pre_seq_len", "4", "--predict_with_generate"))
-    assert "holds no P-Tuning prefix weights" in capsys.readouterr().err
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(SystemExit):
+    with pytest.raises(PrefixCheckpointError, match="no weights file there"):
         run_main(adgen_args(base_model, tmp_path / "z", "--do_predict", "--ptuning_checkpoint", empty,
                             "--pre_seq_len", "4", "--predict_with_generate"))
-    assert "no weights file there" in capsys.readouterr().err
 
 
 def test_chat_training_with_history(base_model, tmp_path):
@@ -181,8 +180,8 @@ def test_int8_prefix_projection_training(base_model, tmp_path):
     assert state and all(k.startswith("transformer.prefix_encoder.") for k in state)
     assert "transformer.prefix_encoder.trans.0.weight" in state and "transformer.prefix_encoder.trans.2.weight" in state
     logs = read_json(out / "checkpoint-2" / "trainer_state.json")["log_history"]
-    losses = [l["loss"] for l in logs if "loss" in l]
-    assert losses and all(l == l and l < 1e4 for l in losses)
+    losses = [entry["loss"] for entry in logs if "loss" in entry]
+    assert losses and all(loss == loss and loss < 1e4 for loss in losses)
 
 
 def test_resume_from_checkpoint(base_model, tmp_path):
@@ -194,13 +193,14 @@ def test_resume_from_checkpoint(base_model, tmp_path):
     run_main(adgen_args(base_model, out, *common, "--max_steps", "4", "--resume_from_checkpoint", out / "checkpoint-2"))
     state = read_json(out / "checkpoint-4" / "trainer_state.json")
     assert state["global_step"] == 4
-    steps = [l["step"] for l in state["log_history"] if "loss" in l]
+    steps = [entry["step"] for entry in state["log_history"] if "loss" in entry]
     assert steps == [1, 2, 3, 4]  # history of the first run carried over, not restarted
     again = load_bin(out / "checkpoint-2" / "pytorch_model.bin")
-    assert torch.equal(first["transformer.prefix_encoder.embedding.weight"], again["transformer.prefix_encoder.embedding.weight"])
+    key = "transformer.prefix_encoder.embedding.weight"
+    assert torch.equal(first[key], again[key])
 
 
-def test_full_finetune_then_predict(base_model, tmp_path, capsys):
+def test_full_finetune_then_predict(base_model, tmp_path):
     out = tmp_path / "ft"
     run_main(adgen_args(base_model, out, "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "2",
                         "--max_train_samples", "8", "--learning_rate", "1e-4"))
@@ -219,10 +219,9 @@ def test_full_finetune_then_predict(base_model, tmp_path, capsys):
     run_main(adgen_args(str(ck), pred, "--do_predict", "--max_predict_samples", "2", "--predict_with_generate"))
     assert len((pred / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 2
     # a full fine-tuning checkpoint is not a P-Tuning checkpoint
-    with pytest.raises(SystemExit):
+    with pytest.raises(PrefixCheckpointError, match="holds no P-Tuning prefix weights"):
         run_main(adgen_args(base_model, tmp_path / "bad", "--do_predict", "--ptuning_checkpoint", ck,
                             "--predict_with_generate"))
-    assert "holds no P-Tuning prefix weights" in capsys.readouterr().err
 
 
 def script_env(extra):
