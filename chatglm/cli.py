@@ -8,8 +8,9 @@ from .errors import UserError
 from .loader import DTYPE_NAMES
 
 
-def bounded(kind, low=None, high=None):
-    """An argparse ``type`` that parses ``kind`` (int or float) and checks ``low <= value <= high``."""
+def bounded(kind, low, high=None):
+    """An argparse ``type`` that parses ``kind`` (int or float) and checks ``low <= value <= high`` (no upper
+    bound when ``high`` is None)."""
 
     def parse(text):
         try:
@@ -71,7 +72,7 @@ def add_server_args(parser, *, default_port, title="server"):
     group.add_argument("--host", default="127.0.0.1",
                        help="address to listen on; 0.0.0.0 makes it reachable from other machines "
                             "(default: 127.0.0.1, this machine only)")
-    group.add_argument("--port", type=int, default=default_port,
+    group.add_argument("--port", type=bounded(int, 1, 65535), default=default_port,
                        help=f"port (default: {default_port if default_port else '7860, or the next free one'})")
     return group
 
