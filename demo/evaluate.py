@@ -55,15 +55,15 @@ def latin_count(text):
 
 
 def is_chinese(text):
-    c, l = cjk_count(text), latin_count(text)
-    return c > 0 and c >= 0.3 * (c + l)
+    cjk, latin = cjk_count(text), latin_count(text)
+    return cjk > 0 and cjk >= 0.3 * (cjk + latin)
 
 
 def language_ok(prompt, answer):
     if is_chinese(prompt):
         return cjk_count(answer) >= 2
-    c, l = cjk_count(answer), latin_count(answer)
-    return l >= 2 and c <= 0.5 * (c + l)
+    cjk, latin = cjk_count(answer), latin_count(answer)
+    return latin >= 2 and cjk <= 0.5 * (cjk + latin)
 
 
 FIXED_ANSWERS = ({a for _, a in build_corpus.ZH_INTENTS + build_corpus.EN_INTENTS}

@@ -23,7 +23,7 @@ def ask(prompt, history):
         with urllib.request.urlopen(request, timeout=600) as reply:
             return json.loads(reply.read())
     except urllib.error.HTTPError as err:  # 4xx: the server says what was wrong with the request
-        raise SystemExit(f"{err.code}: {json.loads(err.read())['detail']}")
+        raise SystemExit(f"{err.code}: {json.loads(err.read())['detail']}") from None
 
 
 history = []

@@ -12,8 +12,8 @@ model = AutoModel.from_pretrained(args.model).float().eval()
 
 printed = ""
 # do_sample=False: greedy decoding, the same answer every time (drop it to sample, as chat() does by default)
-for partial, history in model.stream_chat(tokenizer, "用三句话介绍一下北京", history=[],
-                                          max_length=args.max_length, do_sample=False):
+for partial, _history in model.stream_chat(tokenizer, "用三句话介绍一下北京", history=[],
+                                           max_length=args.max_length, do_sample=False):
     # each step yields the whole answer so far: print only the new part
     print(partial[len(printed):], end="", flush=True)
     printed = partial

@@ -35,7 +35,8 @@ def read_prefix_state_dict(checkpoint):
     """The prefix-encoder weights of a checkpoint folder (or weight file), keys relative to the prefix
     encoder (`embedding.weight`, `trans.0.weight`, ...)."""
     if os.path.isdir(checkpoint):
-        files = [os.path.join(checkpoint, name) for name in WEIGHT_FILES if os.path.isfile(os.path.join(checkpoint, name))]
+        files = [os.path.join(checkpoint, name) for name in WEIGHT_FILES
+                 if os.path.isfile(os.path.join(checkpoint, name))]
         if not files:
             raise PrefixCheckpointError(
                 f"--ptuning_checkpoint {checkpoint}: no weights file there (looked for {', '.join(WEIGHT_FILES)}); "
@@ -148,7 +149,8 @@ def load_for_ptuning(model_args, dtype=torch.float32, cache_dir=None, token=None
             model_args.pre_seq_len, proj = prefix_settings(prefix_state)
             model_args.prefix_projection = model_args.prefix_projection or proj
             logger.info("pre_seq_len=%d taken from %s", model_args.pre_seq_len, model_args.ptuning_checkpoint)
-        check_prefix_matches(prefix_state, model_args.pre_seq_len, model_args.prefix_projection, model_args.ptuning_checkpoint)
+        check_prefix_matches(prefix_state, model_args.pre_seq_len, model_args.prefix_projection,
+                             model_args.ptuning_checkpoint)
 
     config = AutoConfig.from_pretrained(model_args.config_name or model_args.model_name_or_path, **hub)
     config.pre_seq_len = model_args.pre_seq_len

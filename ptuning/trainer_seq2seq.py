@@ -27,7 +27,8 @@ class Seq2SeqTrainer(_HFSeq2SeqTrainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval", **gen_kwargs):
         gen_kwargs = gen_kwargs or dict(self.default_gen_kwargs)
-        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix, **gen_kwargs)
+        return super().evaluate(eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix,
+                                **gen_kwargs)
 
     def predict(self, test_dataset, ignore_keys=None, metric_key_prefix="test", **gen_kwargs):
         gen_kwargs = gen_kwargs or dict(self.default_gen_kwargs)
@@ -58,7 +59,8 @@ class Seq2SeqTrainer(_HFSeq2SeqTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None, **gen_kwargs):
         if not self.args.predict_with_generate or prediction_loss_only:
-            return super().prediction_step(model, inputs, prediction_loss_only=prediction_loss_only, ignore_keys=ignore_keys)
+            return super().prediction_step(model, inputs, prediction_loss_only=prediction_loss_only,
+                                           ignore_keys=ignore_keys)
 
         inputs = self._prepare_inputs(inputs)
         if len(gen_kwargs) == 0 and hasattr(self, "_gen_kwargs"):

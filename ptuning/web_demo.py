@@ -11,7 +11,6 @@ checkpoint). The page is the one of the top-level web_demo.py (chatglm.webui.bui
 """
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ptuning.arguments import ModelArguments
 
@@ -19,10 +18,12 @@ from ptuning.arguments import ModelArguments
 @dataclass
 class ServerArguments:
     device: str = field(default="auto", metadata={"help": "auto (cuda, then mps, then cpu), cuda, cuda:N, mps or cpu."})
-    host: str = field(default="127.0.0.1", metadata={"help": "Address to listen on (0.0.0.0: reachable from other machines)."})
-    port: Optional[int] = field(default=None, metadata={"help": "Port (default: 7860, or the next free one)."})
+    host: str = field(default="127.0.0.1",
+                      metadata={"help": "Address to listen on (0.0.0.0: reachable from other machines)."})
+    port: int | None = field(default=None, metadata={"help": "Port (default: 7860, or the next free one)."})
     share: bool = field(default=False, metadata={"help": "Also create a public gradio.live link."})
-    concurrency: int = field(default=1, metadata={"help": "Answers generated at the same time; others wait in the queue."})
+    concurrency: int = field(default=1,
+                             metadata={"help": "Answers generated at the same time; others wait in the queue."})
 
 
 def load_model(model_args, device="cpu"):

@@ -1,18 +1,17 @@
 """cli_demo.py as users run it: in a pseudo-terminal, and through a pipe."""
 
+import fcntl
 import os
 import pty
 import re
 import select
 import signal
 import subprocess
-import termios
-import fcntl
 import sys
+import termios
 import time
 
 import pytest
-
 from _doors import REPO_ROOT
 
 CLEAR = "\x1b[H\x1b[2J"
@@ -116,7 +115,8 @@ def test_interactive_session(door_checkpoint, door_model, script_env):
         term.send("再说一遍\n")
         term.wait_for_prompt(start=mark)
         screen = term.buffer[term.buffer.rindex(CLEAR):]
-        assert screen.endswith(f"\n\n用户：你好\n\nChatGLM-6B：{first}\n\n用户：再说一遍\n\nChatGLM-6B：{second}\n\n用户：")
+        assert screen.endswith(f"\n\n用户：你好\n\nChatGLM-6B：{first}"
+                               f"\n\n用户：再说一遍\n\nChatGLM-6B：{second}\n\n用户：")
 
         # a line of invalid UTF-8 and a question too long for --max-length: one line each, the session goes on
         mark = len(term.buffer)
@@ -176,7 +176,7 @@ def test_piped_input_gives_plain_answers_and_survives_bad_lines(door_checkpoint,
     invalid_utf8 = b"\xe4\xbd caf\xe9\n"  # a cut-off character and a Latin-1 byte
     long_line = ("很长的问题" * 20_000 + "\n").encode("utf-8")  # 300 KB
     lines = (b"\xe4\xbd\xa0\xe5\xa5\xbd\n\n" + invalid_utf8 + long_line
-             + "晚上睡不着应该怎么办\nclear\n你好\nstop\nthis line is never read\n".encode("utf-8"))
+             + "晚上睡不着应该怎么办\nclear\n你好\nstop\nthis line is never read\n".encode())
     result = subprocess.run(
         [sys.executable, str(REPO_ROOT / "cli_demo.py"), "--model", door_checkpoint, "--max-length",
          str(MAX_LENGTH), "--temperature", "0", "--device", "cpu"],

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-
 from _doors import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # each example is a process that loads the model

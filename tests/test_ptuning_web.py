@@ -48,10 +48,7 @@ def page_answer(tokenizer, model, query):
 
     demo = build_demo(tokenizer, model)
     predict = next(f.fn for f in demo.fns.values() if f.name == "predict")
-    last = None
-    for last in predict(query, 64, 0.7, 0.0, []):  # temperature 0: greedy
-        pass
-    messages, history = last
+    *_, (messages, history) = predict(query, 64, 0.7, 0.0, [])  # temperature 0: greedy; the last update
     return messages[-1]["content"], history
 
 

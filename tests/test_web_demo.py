@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _doors import ServerProcess, free_port
 
 pytestmark = pytest.mark.slow  # the web demo as a server process, driven by a browser

@@ -230,7 +230,8 @@ def make_ad(rng):
 
     content = "*".join([f"类型#{garment}"] + [f"{a}#{v}" for a, v in picked])
     values = dict(picked)
-    name = rng.choice(PHRASES[name_attr][values[name_attr]]) if name_attr in values else rng.choice(GENERIC_NAME[garment])
+    names = PHRASES[name_attr][values[name_attr]] if name_attr in values else GENERIC_NAME[garment]
+    name = rng.choice(names)
     body = [rng.choice(PHRASES[a][v]) for a, v in picked if a not in (name_attr, "风格")]
     style = values.get("风格")
     first = name + ("，" + rng.choice(PHRASES["风格"][style]) if style else "")
@@ -294,7 +295,8 @@ def main():
     rng = random.Random(args.seed + 1)
     write_jsonl(os.path.join(args.out, "chat_sample", "train.json"), [make_chat(rng) for _ in range(args.chat_train)])
     write_jsonl(os.path.join(args.out, "chat_sample", "dev.json"), [make_chat(rng) for _ in range(args.chat_dev)])
-    print(f"wrote {args.train}+{args.dev} AdvertiseGen rows and {args.chat_train}+{args.chat_dev} chat rows under {args.out}")
+    print(f"wrote {args.train}+{args.dev} AdvertiseGen rows and {args.chat_train}+{args.chat_dev} chat rows "
+          f"under {args.out}")
 
 
 if __name__ == "__main__":
