@@ -58,7 +58,7 @@ def add_model_args(parser):
         help="auto (float16 on cuda/mps, float32 on cpu), float32, float16 or bfloat16 (default: auto)")
     group.add_argument(
         "--quantize", type=int, choices=(4, 8), default=None, metavar="{4,8}",
-        help="quantize the weights to 4 or 8 bits after loading (less memory; about 6 / 8 GB for the 6B model)")
+        help="quantize the weights to 4 or 8 bits while loading (less memory; about 6 / 8 GB for the 6B model)")
     group.add_argument(
         "--num-gpus", type=bounded(int, 1), default=1, metavar="N",
         help="split the model over N GPUs (default: 1)")

@@ -111,13 +111,12 @@ def load_model_and_tokenizer(args=None, **overrides):
         if num_gpus > 1:
             model = load_model_on_gpus(path, num_gpus=num_gpus, dtype=dtype, **hub_options)
         else:
-            model = ChatGLMForConditionalGeneration.from_pretrained(path, dtype=dtype, **hub_options)
-            if quantize:
-                already = int(model.config.quantization_bit or 0)
-                if already:
-                    log(f"note: {path} is already quantized to int{already}; --quantize ignored")
-                else:
-                    model = model.quantize(quantize)
+            # quantized while loading: no full-precision copy of the model is ever held
+            model = ChatGLMForConditionalGeneration.from_pretrained(path, dtype=dtype, quantization_bit=quantize,
+                                                                    **hub_options)
+            stored_bits = int(model.config.quantization_bit or 0)
+            if quantize and stored_bits != quantize:
+                log(f"note: {path} is stored quantized to int{stored_bits}; --quantize ignored")
             model = model.to(device)
     except torch.cuda.OutOfMemoryError:
         raise ModelLoadError(

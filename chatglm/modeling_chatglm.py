@@ -21,6 +21,7 @@ from .configuration_chatglm import ChatGLMConfig
 from .generation import chat, process_response, stream_chat, stream_generate
 from .positions import glm_position_ids
 from .quantization import quantize_embeddings, quantize_model
+from .streaming_load import can_stream, load_streaming
 
 # The original builds every block with num_layers=28 whatever the config says, so the residual scale
 # is sqrt(2 * 28) for every model size. Checkpoints were trained with it.
@@ -375,8 +376,18 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, *args, **kwargs):
-        model = super().from_pretrained(*args, **kwargs)
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, quantization_bit=None, **kwargs):
+        """Load a checkpoint (folder or hub id). `quantization_bit=4` or `8` quantizes the block Linear
+        layers while loading, never holding a full-precision copy of the model.
+
+        Checkpoints are read tensor by tensor (see `streaming_load`), so the peak memory is about the final
+        model's; only options that loader does not know (device_map, ...) go through transformers' loader."""
+        if can_stream(args, kwargs):
+            model = load_streaming(cls, pretrained_model_name_or_path, quantization_bit=quantization_bit, **kwargs)
+        elif quantization_bit:
+            raise ValueError(f"quantization_bit cannot be combined with {sorted(kwargs)}; load, then call .quantize()")
+        else:
+            model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if model.config.pre_seq_len is not None:
             model.transformer.freeze_all_but_prefix()  # loading re-creates the parameters as trainable
         return model

@@ -1,0 +1,1 @@
+../chatglm/checkpoint_reader.py

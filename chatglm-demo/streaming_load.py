@@ -1,0 +1,1 @@
+../chatglm/streaming_load.py
