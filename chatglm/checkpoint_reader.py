@@ -173,7 +173,7 @@ class _WeightsUnpickler(pickle.Unpickler):
             return lambda data, requires_grad, backward_hooks: data
         if (module, name) == ("collections", "OrderedDict"):
             return collections.OrderedDict
-        raise pickle.UnpicklingError(f"{self.path}: {module}.{name} has no place in a weights file; refusing to load it")
+        raise pickle.UnpicklingError(f"{self.path}: {module}.{name} has no place in a weights file; not loading it")
 
     def persistent_load(self, saved_id):
         _, dtype, key, _location, _numel = saved_id  # ("storage", dtype, key, location, numel)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.cache_utils import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
@@ -57,6 +57,65 @@ def rotate_half(x):
 
 def apply_rotary(x, cos, sin):
     return x * cos + rotate_half(x) * sin
+
+
+# --- KV cache --------------------------------------------------------------------------------------
+
+# Positions added at a time when a cache layer runs out of room.
+CACHE_CHUNK = 256
+
+
+class GrowingLayer(DynamicLayer):
+    """One layer's keys and values [batch, heads, seq, head_dim], kept at the front of a buffer with room
+    to grow. A new token is written into the buffer, where DynamicLayer's torch.cat would copy the whole
+    cache at every step (a cost that grows with the context); the buffer grows CACHE_CHUNK positions at a
+    time. `keys`/`values` are views of the buffer, so DynamicLayer's crop and batch methods still work:
+    a method that replaces them with new tensors makes the next update copy them into a new buffer."""
+
+    def lazy_initialization(self, key_states, value_states):
+        super().lazy_initialization(key_states, value_states)
+        self.key_buffer = self.value_buffer = None
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        length = self.get_seq_length()
+        new_length = length + key_states.shape[-2]
+        if not self._holds_cache(key_states) or new_length > self.key_buffer.shape[-2]:
+            self._reallocate(key_states, value_states, length, new_length)
+        self.key_buffer[:, :, length:new_length] = key_states
+        self.value_buffer[:, :, length:new_length] = value_states
+        self.keys, self.values = self.key_buffer[:, :, :new_length], self.value_buffer[:, :, :new_length]
+        return self.keys, self.values
+
+    def reorder_cache(self, beam_idx):
+        """Beam search: reorder the batch in place, inside the buffer."""
+        if self.get_seq_length() > 0:
+            self.keys.copy_(self.keys.index_select(0, beam_idx.to(self.keys.device)))
+            self.values.copy_(self.values.index_select(0, beam_idx.to(self.values.device)))
+
+    def _holds_cache(self, key_states):
+        """Whether `keys` still lies at the front of the buffer (and the new states fit its layout)."""
+        buffer = self.key_buffer
+        return (buffer is not None and self.keys.data_ptr() == buffer.data_ptr() and buffer.dtype == key_states.dtype
+                and buffer.shape[:2] == key_states.shape[:2] and buffer.shape[-1] == key_states.shape[-1])
+
+    def _reallocate(self, key_states, value_states, length, new_length):
+        capacity = (new_length // CACHE_CHUNK + 1) * CACHE_CHUNK
+        batch, heads, _, head_dim = key_states.shape
+        self.key_buffer = key_states.new_empty(batch, heads, capacity, head_dim)
+        self.value_buffer = value_states.new_empty(batch, heads, capacity, value_states.shape[-1])
+        if length:
+            self.key_buffer[:, :, :length] = self.keys
+            self.value_buffer[:, :, :length] = self.values
+
+
+class KVCache(Cache):
+    """The model's default KV cache: a DynamicCache whose layers grow in place (see GrowingLayer).
+    The model accepts any cache object with `update(key, value, layer_idx)` and `get_seq_length()`."""
+
+    def __init__(self):
+        super().__init__(layer_class_to_replicate=GrowingLayer)
 
 
 # --- attention -------------------------------------------------------------------------------------
@@ -315,7 +374,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         prefix_length = self.pre_seq_len or 0
         prefix = self.prefix_key_values(batch, input_ids.device, hidden_states.dtype) if prefix_length else None
         if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
+            cache = KVCache()
         past_length = cache.get_seq_length() if cache is not None else 0
 
         padding_mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
@@ -442,6 +501,14 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         return self.transformer.get_position_ids(inputs_tensor, model_kwargs.get("attention_mask"))
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        # generate() would otherwise build a DynamicCache, which copies the whole cache at every step.
+        if (model_kwargs.get("cache") is None and model_kwargs.get("past_key_values") is None
+                and generation_config.use_cache and generation_config.cache_implementation in (None, "dynamic")):
+            model_kwargs["cache"] = KVCache()
+            return
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def _expand_inputs_for_generation(self, expand_size=1, is_encoder_decoder=False, input_ids=None, **model_kwargs):
         # GLM positions are [batch, 2, seq]; the generic code takes 3-D positions as [n, batch, seq].

@@ -6,7 +6,7 @@ checkpoint tensor is read from disk straight into its destination dtype (see `ch
 full-precision block weight is quantized as it arrives, a few rows at a time, into the original's stored
 format, which the quantized layer loads exactly as it loads an `-int4`/`-int8` checkpoint. So no
 full-precision copy of the model, nor of a shard, is ever held: the peak is the final model plus a
-bounded buffer, and `--quantize 4` on THUDM/chatglm-6b gives the integers of THUDM/chatglm-6b-int4.
+bounded buffer. The integers are those of loading in the same dtype, then quantizing.
 """
 
 import copy
@@ -57,14 +57,14 @@ def load_streaming(model_class, path, config=None, dtype="auto", torch_dtype=Non
 
     with torch.device("meta"):
         model = model_class._from_config(config, dtype=dtype)
-    _fill_from_checkpoint(model, folder)
+    _fill_from_checkpoint(model, folder, dtype)
     model.config.name_or_path = str(path)
     if os.path.isfile(os.path.join(folder, "generation_config.json")):
         model.generation_config = type(model.generation_config).from_pretrained(folder)
     return model.eval()
 
 
-def _fill_from_checkpoint(model, folder):
+def _fill_from_checkpoint(model, folder, dtype):
     """Replace every meta tensor of `model` by the checkpoint's, module by module as their tensors arrive."""
     modules = dict(model.named_modules())
     expected = {name: set(_own_tensors(module)) for name, module in modules.items() if _own_tensors(module)}
@@ -80,7 +80,7 @@ def _fill_from_checkpoint(model, folder):
                 continue
             module = modules[module_name]
             tensors = pending.setdefault(module_name, {})
-            tensors.update(_read_tensor(module, tensor_name, stored))
+            tensors.update(_read_tensor(module, tensor_name, stored, dtype))
             if tensors.keys() == expected[module_name]:
                 module.load_state_dict(pending.pop(module_name), assign=True)
     if unexpected:
@@ -103,24 +103,26 @@ def _model_key(key, modules):
     return key
 
 
-def _read_tensor(module, name, stored):
-    """{tensor name: tensor} to load into `module` for the stored tensor `name`."""
+def _read_tensor(module, name, stored, dtype):
+    """{tensor name: tensor} to load into `module` for the stored tensor `name`; a float weight of a
+    quantized layer is quantized from its values in `dtype`, as load-then-quantize would."""
     if isinstance(module, QuantizedLinear) and name == "weight" and stored.dtype.is_floating_point:
-        weight, scale = _quantize_stored(stored, module.bits)
+        weight, scale = _quantize_stored(stored, module.bits, dtype)
         return {"weight": weight, "weight_scale": scale}
     return {name: stored.read(getattr(module, name).dtype)}
 
 
-def _quantize_stored(stored, bits):
+def _quantize_stored(stored, bits, dtype):
     """The stored format (int8 weight [out, in * bits / 8], fp16 scale [out]) of a float weight on disk,
-    quantized a few rows at a time (the scales are per row) to keep the float copy small."""
+    quantized from its values in `dtype` a few rows at a time (the scales are per row), so that the
+    float copy stays small."""
     rows, columns = stored.shape
     weight = torch.empty(rows, columns * bits // 8, dtype=torch.int8)
     scale = torch.empty(rows, dtype=torch.float16)
-    step = max(1, CHUNK_BYTES // (columns * stored.dtype.itemsize))
+    step = max(1, CHUNK_BYTES // (columns * dtype.itemsize))
     for start in range(0, rows, step):
         stop = min(rows, start + step)
-        weight[start:stop], scale[start:stop] = quantize_weight(stored.read_rows(start, stop), bits)
+        weight[start:stop], scale[start:stop] = quantize_weight(stored.read_rows(start, stop, dtype), bits)
     return weight, scale
 
 

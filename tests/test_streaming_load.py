@@ -2,17 +2,18 @@
 transformers' loader and as load-then-quantize, from every checkpoint layout, with bounded memory."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 import torch
+from conftest import REPO_ROOT
+from test_checkpoints import write_real_sharded_layout
 from transformers import PreTrainedModel
 
 from chatglm import ChatGLMForConditionalGeneration
 from chatglm.quantization import QuantizedLinear
-from conftest import REPO_ROOT
-from test_checkpoints import write_real_sharded_layout
 
 LAYOUTS = ("sharded-bin", "sharded-safetensors", "single-bin")
 
@@ -54,14 +55,8 @@ def test_loads_what_transformers_loads(checkpoints, layout, dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("bits", [4, 8])
 def test_quantize_while_loading_equals_load_then_quantize(checkpoints, layout, dtype, bits):
-    """The integers come from the checkpoint's own fp16 values in every dtype (the original's numbers,
-    those of THUDM's -int4/-int8 checkpoints); everything else is in the dtype asked for."""
     model = ChatGLMForConditionalGeneration.from_pretrained(checkpoints[layout], dtype=dtype, quantization_bit=bits)
-    expected = transformers_load(checkpoints[layout], torch.float32).quantize(bits)
-    for module in expected.modules():
-        for param in module.parameters(recurse=False):
-            if not isinstance(module, QuantizedLinear) or param.dtype == torch.float32:  # the bias, not the scale
-                param.data = param.data.to(dtype)
+    expected = transformers_load(checkpoints[layout], dtype).quantize(bits)
     assert_same_state(model, expected)
     assert model.config.quantization_bit == bits
     layers = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
@@ -89,7 +84,8 @@ def test_checkpoint_missing_weights_is_a_clear_error(checkpoints, tmp_path):
     del state["transformer.layers.1.mlp.dense_4h_to_h.weight"]
     torch.save(state, tmp_path / "pytorch_model.bin")
     (tmp_path / "config.json").write_text((checkpoints["single-bin"] / "config.json").read_text())
-    with pytest.raises(ValueError, match=r"lacks \d weights of this model \(transformer.layers.1.mlp.dense_4h_to_h.weight[,)]"):
+    message = r"lacks \d weights of this model \(transformer.layers.1.mlp.dense_4h_to_h.weight[,)]"
+    with pytest.raises(ValueError, match=message):
         ChatGLMForConditionalGeneration.from_pretrained(tmp_path, quantization_bit=4)
 
 
@@ -132,12 +128,15 @@ def test_quantized_loading_memory_stays_bounded(tmp_path, tiny_checkpoint):
     checkpoint_bytes = sum(t.numel() * 4 for t in model.state_dict().values())
     del model
 
-    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path), tiny_checkpoint], capture_output=True, text=True,
-                            cwd=REPO_ROOT, timeout=300)
+    # A fixed mmap threshold makes glibc hand every freed buffer of 1 MB or more back at once, so the
+    # resident set shows what the loader holds rather than what the allocator keeps for later.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_=str(1 << 20))
+    result = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(tmp_path), tiny_checkpoint],
+                            capture_output=True, text=True, cwd=REPO_ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     rss = json.loads(result.stdout.strip().splitlines()[-1])
     final = rss["loaded"] - rss["before"]
-    assert rss["loaded_peak"] - rss["before"] < 1.3 * final + (64 << 20), rss
-    assert rss["loaded_peak"] - rss["before"] < 0.3 * checkpoint_bytes, rss
+    assert rss["loaded_peak"] - rss["before"] < 1.3 * final, rss
+    assert rss["loaded_peak"] - rss["before"] < 0.25 * checkpoint_bytes, rss
     # .float(): the bf16 parts (embedding, LayerNorms, biases) double, the quantized weights stay as they are
-    assert rss["float_peak"] - rss["before"] < 2 * final + (64 << 20), rss
+    assert rss["float_peak"] - rss["before"] < 2 * final, rss
