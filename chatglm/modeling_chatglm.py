@@ -435,16 +435,20 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         self.post_init()
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *args, quantization_bit=None, **kwargs):
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, quantization_bit=None, quantize_embeddings=False,
+                        **kwargs):
         """Load a checkpoint (folder or hub id). `quantization_bit=4` or `8` quantizes the block Linear
-        layers while loading, never holding a full-precision copy of the model.
+        layers while loading, never holding a full-precision copy of the model; `quantize_embeddings=True`
+        also the embeddings and the LM head tied to them (see `quantize`).
 
         Checkpoints are read tensor by tensor (see `streaming_load`), so the peak memory is about the final
         model's; only options that loader does not know (device_map, ...) go through transformers' loader."""
         if can_stream(args, kwargs):
-            model = load_streaming(cls, pretrained_model_name_or_path, quantization_bit=quantization_bit, **kwargs)
-        elif quantization_bit:
-            raise ValueError(f"quantization_bit cannot be combined with {sorted(kwargs)}; load, then call .quantize()")
+            model = load_streaming(cls, pretrained_model_name_or_path, quantization_bit=quantization_bit,
+                                   quantize_embeddings=quantize_embeddings, **kwargs)
+        elif quantization_bit or quantize_embeddings:
+            raise ValueError(f"quantizing while loading cannot be combined with {sorted(kwargs)}; load, then call "
+                             ".quantize()")
         else:
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if model.config.pre_seq_len is not None:

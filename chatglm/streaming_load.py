@@ -17,7 +17,7 @@ import re
 import torch
 
 from .checkpoint_reader import CHUNK_BYTES, stored_tensors, weight_files
-from .quantization import QuantizedLinear, quantize_weight
+from .quantization import QuantizedWeight, quantize_weight
 
 logger = logging.getLogger(__name__)
 
@@ -37,12 +37,13 @@ def can_stream(args, kwargs):
 
 
 def load_streaming(model_class, path, config=None, dtype="auto", torch_dtype=None, quantization_bit=None,
-                   **hub_options):
+                   quantize_embeddings=False, **hub_options):
     """`model_class` with the weights of the checkpoint `path` (folder or hub id), in eval mode.
 
     dtype: of every floating-point tensor that is not quantized ("auto": the checkpoint's).
     quantization_bit: 4 or 8 to quantize the block Linear layers while loading; a checkpoint stored
         quantized (`-int4`/`-int8`) loads as it is.
+    quantize_embeddings: quantize the embeddings (and the LM head tied to them) as well.
     """
     folder = _local_folder(path, hub_options)
     if config is None or isinstance(config, (str, os.PathLike)):
@@ -53,6 +54,10 @@ def load_streaming(model_class, path, config=None, dtype="auto", torch_dtype=Non
         logger.warning("%s is stored quantized to %d bits: it loads as stored (quantization_bit=%d ignored; "
                        "re-quantizing needs the full-precision checkpoint)", path, stored_bits, quantization_bit)
     config.quantization_bit = stored_bits or int(quantization_bit or 0)
+    if quantize_embeddings and not stored_bits:
+        if not config.quantization_bit:
+            raise ValueError("quantize_embeddings needs quantization_bit (4 or 8)")
+        config.quantization_embeddings = True
     dtype = _resolve_dtype(torch_dtype if torch_dtype is not None else dtype, config)
 
     with torch.device("meta"):
@@ -106,7 +111,7 @@ def _model_key(key, modules):
 def _read_tensor(module, name, stored, dtype):
     """{tensor name: tensor} to load into `module` for the stored tensor `name`; a float weight of a
     quantized layer is quantized from its values in `dtype`, as load-then-quantize would."""
-    if isinstance(module, QuantizedLinear) and name == "weight" and stored.dtype.is_floating_point:
+    if isinstance(module, QuantizedWeight) and name == "weight" and stored.dtype.is_floating_point:
         weight, scale = _quantize_stored(stored, module.bits, dtype)
         return {"weight": weight, "weight_scale": scale}
     return {name: stored.read(getattr(module, name).dtype)}

@@ -67,6 +67,17 @@ def test_quantize_while_loading_equals_load_then_quantize(checkpoints, layout, d
                        expected.generate(prompt, max_new_tokens=4, do_sample=False))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_quantized_embeddings_while_loading(checkpoints, dtype, tmp_path):
+    model = ChatGLMForConditionalGeneration.from_pretrained(checkpoints["sharded-bin"], dtype=dtype, quantization_bit=4,
+                                                            quantize_embeddings=True)
+    expected = transformers_load(checkpoints["sharded-bin"], dtype).quantize(4, quantize_embeddings=True)
+    assert_same_state(model, expected)
+    assert model.lm_head.weight is model.transformer.word_embeddings.weight
+    model.save_pretrained(tmp_path)
+    assert_same_state(ChatGLMForConditionalGeneration.from_pretrained(tmp_path, dtype=dtype), model)
+
+
 @pytest.mark.parametrize("bits", [4, 8])
 def test_prequantized_folder_round_trips(checkpoints, tmp_path, bits, caplog):
     model = ChatGLMForConditionalGeneration.from_pretrained(checkpoints["sharded-bin"], dtype=torch.float32,
