@@ -275,3 +275,23 @@ def test_dataclass_fields_and_defaults():
                                  "forced_bos_token"]
     assert data_fields["max_source_length"] == 1024 and data_fields["max_target_length"] == 128
     assert data_fields["ignore_pad_token_for_loss"] is True
+
+
+def test_demo_rows_share_the_layout_and_keep_the_end_of_a_long_prompt(tok):
+    from chatglm.generation import build_prompt
+    from demo.rows import encode_rows
+
+    row = {"prompt": "第二个问题", "response": "第二个回答很长很长",
+           "history": [["很长的第一个问题" * 5, "第一个回答"]]}
+    [(ids, labels)] = encode_rows(tok, [row], max_source=8, max_target=6)
+    prompt = tok.encode(build_prompt(row["prompt"], row["history"]), add_special_tokens=False)
+    answer = tok.encode(row["response"], add_special_tokens=False)[:4]
+    assert ids == prompt[-7:] + [GMASK, SOP] + answer + [EOP]  # the current question survives the cut
+    assert labels == [-100] * 8 + [SOP] + answer + [EOP]
+
+    # a batch of rows of different lengths: right-padded with <pad>, labels with -100
+    short = data_utils.build_training_row(tok, "你好", "好", 8, 6)
+    input_ids, label_ids = data_utils.pad_training_rows([(ids, labels), short], PAD)
+    assert input_ids[1].tolist() == short[0] + [PAD] * (len(ids) - len(short[0]))
+    assert label_ids[1].tolist() == short[1] + [-100] * (len(ids) - len(short[0]))
+    assert input_ids[0].tolist() == ids and label_ids[0].tolist() == labels
