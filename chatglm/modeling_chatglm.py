@@ -390,6 +390,13 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
             if past_length:
                 raise ValueError("position_ids are required when decoding with a cache")
             position_ids = self.get_position_ids(input_ids, padding_mask)
+        elif position_ids.dim() != (3 if self.config.position_encoding_2d else 2):
+            raise ValueError(
+                f"position_ids of shape {list(position_ids.shape)} do not fit this model, which takes "
+                + ("[batch, 2, seq] (2-D positions)" if self.config.position_encoding_2d else
+                   "[batch, seq] (1-D positions; the tokenizer's padded batches carry 2-D ones)")
+                + ": leave position_ids out and pass the attention_mask, the model builds them"
+            )
         head_dim = self.config.hidden_size // self.config.num_attention_heads
         dtype = hidden_states.dtype
         if self.config.position_encoding_2d:

@@ -147,3 +147,14 @@ def test_transformers_still_calls_our_private_generation_hooks(tokenizer, monkey
     ids = torch.tensor([tokenizer.encode("你好")])
     model.generate(ids, max_new_tokens=2, do_sample=False, num_beams=2)
     assert set(calls) == set(hooks)
+
+
+def test_position_ids_of_the_wrong_kind_are_refused(flat_model, tokenizer):
+    batch = tokenizer(["你好", "晚上睡不着应该怎么办"], padding=True, return_tensors="pt")
+    assert batch["position_ids"].dim() == 3  # the tokenizer's are 2-D, as the original's
+    with pytest.raises(ValueError, match=r"takes \[batch, seq\] \(1-D positions"):
+        flat_model(**batch)
+    expected = greedy_reference(flat_model, batch["input_ids"][1:], 3, use_cache=True)
+    without = {key: value for key, value in batch.items() if key != "position_ids"}
+    got = flat_model.generate(**without, max_new_tokens=3, do_sample=False, eos_token_id=None)
+    assert got[1].tolist() == expected[0].tolist()  # the unpadded row, positions built by the model
