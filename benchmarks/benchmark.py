@@ -1,113 +1,337 @@
-"""CPU speed and memory of ChatGLM in fp32, bf16, INT8 and INT4, with random weights.
+"""CPU speed and memory of ChatGLM, side by side with chatglm.cpp, by the protocol of the perf README.
 
-Each (shape, precision) runs in its own process so that its peak memory (max RSS) is its own.
+Every configuration runs in its own process (so that its peak memory is its own), configurations
+alternate over the passes and each figure keeps its best pass, and the read bandwidth is measured in
+the same sitting. Protocol: batch 1, greedy; prefill @512 = one forward over a 512-token prompt (random
+ids, then [gMASK] <sop>; tokens/s, median of 3); decode @N = generate(max_new_tokens=65) after an N-token
+prompt, the median of the 64 step intervals after the first (EOS masked); peak RSS = the process's peak
+resident set (load included); weights read per token = the bytes of every weight a decoding step reads
+(all of them but the embedding rows; the LM head reads the tied embedding matrix).
 
-    python benchmarks/benchmark.py                       # mid-sized model, all precisions
-    python benchmarks/benchmark.py --shape 6b --precisions bf16 int8 int4   # the real 6B shape
+    python benchmarks/benchmark.py --model CHECKPOINT                        # ours, all configurations
+    python benchmarks/benchmark.py --model CHECKPOINT --cpp-python /work/ccpp-venv/bin/python --passes 2
+    python benchmarks/benchmark.py --model CHECKPOINT --configs int4 cli-int4 --load-only   # memory only
+
+CHECKPOINT is a ChatGLM-6B-shaped folder (the perf README's "mid" model, or one written by
+benchmarks/random_checkpoint.py). chatglm.cpp runs when --cpp-python names a python where chatglm_cpp
+0.4.2 imports; its q4_0/q8_0 files are converted from the same checkpoint once, into --work-dir, with
+chatglm.cpp's own converter (which also needs numpy, tqdm and transformers in that environment).
 """
 
 import argparse
 import json
-import resource
+import os
+import random
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-import torch
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
-SHAPES = {
-    "mid": dict(hidden_size=2048, inner_hidden_size=8192, num_layers=8, num_attention_heads=16),
-    "6b": dict(hidden_size=4096, inner_hidden_size=16384, num_layers=28, num_attention_heads=32),
+# configuration: (how it is loaded: what the user writes)
+OURS = {
+    "fp32": "from_pretrained(path, dtype=torch.float32)",
+    "bf16": "from_pretrained(path, dtype=torch.bfloat16)",
+    "int8": "from_pretrained(path, dtype=torch.bfloat16, quantization_bit=8)",
+    "int4": "from_pretrained(path, dtype=torch.bfloat16, quantization_bit=4)",
+    "int4-qe": "from_pretrained(path, dtype=torch.bfloat16, quantization_bit=4, quantize_embeddings=True)",
+    "recipe-int4": "AutoModel.from_pretrained(path).float().quantize(4) (the original README's CPU recipe)",
+    "cli-int4": "--quantize 4 --device cpu (cli_demo.py defaults: float32, quantized while loading)",
+    "cli-int8": "--quantize 8 --device cpu",
 }
-PRECISIONS = ("fp32", "bf16", "int8", "int4")
+CPP = {"cpp-q4_0": "chatglm.cpp 0.4.2, q4_0", "cpp-q8_0": "chatglm.cpp 0.4.2, q8_0"}
+DEFAULT_CONFIGS = ["fp32", "bf16", "int8", "int4", "int4-qe", "recipe-int4", "cli-int4", "cpp-q4_0", "cpp-q8_0"]
+PREFILL_TOKENS, DECODE_CONTEXTS, NEW_TOKENS = 512, (16, 1024), 65
 
 
-def build_model(shape, precision):
-    """A random-weight model; quantized ones are built directly in packed form (no fp copy needed)."""
-    from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
-
-    bits = {"int8": 8, "int4": 4}.get(precision, 0)
-    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
-    config = ChatGLMConfig(**SHAPES[shape], quantization_bit=bits)
-    torch.set_default_dtype(dtype)
-    with torch.device("meta"):
-        model = ChatGLMForConditionalGeneration(config)
-    torch.set_default_dtype(torch.float32)
-    model.to_empty(device="cpu")
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if tensor.dtype == torch.int8:
-                tensor.copy_(torch.randint(-128, 128, tensor.shape, dtype=torch.int8, generator=generator))
-            elif name.endswith("weight_scale"):
-                tensor.fill_(0.002)
-            elif "layernorm" in name:
-                tensor.fill_(1.0 if name.endswith("weight") else 0.0)
-            else:
-                tensor.normal_(0, 0.02, generator=generator)
-    model.tie_weights()
-    return model.eval()
+# --- measured in the child processes -------------------------------------------------------------
 
 
-def measure(shape, precision, prompt_tokens, new_tokens, threads):
+def memory_now():
+    """(resident, peak resident) bytes of this process. VmHWM rather than ru_maxrss: a child process
+    inherits its parent's ru_maxrss across exec."""
+    fields = {}
+    with open("/proc/self/status") as status:
+        for line in status:
+            key, _, value = line.partition(":")
+            fields[key] = value
+    return int(fields["VmRSS"].split()[0]) * 1024, int(fields["VmHWM"].split()[0]) * 1024
+
+
+def prompt_ids(config, length, rng):
+    """Random ids in [20, 9900), then [gMASK] <sop>."""
+    return [rng.randrange(20, 9900) for _ in range(length - 2)] + [config["gmask_token_id"], config["bos_token_id"]]
+
+
+def load_ours(name, path):
+    import torch
+
+    from chatglm import ChatGLMForConditionalGeneration as Model
+
+    if name == "fp32":
+        return Model.from_pretrained(path, dtype=torch.float32)
+    if name == "bf16":
+        return Model.from_pretrained(path, dtype=torch.bfloat16)
+    if name in ("int8", "int4"):
+        return Model.from_pretrained(path, dtype=torch.bfloat16, quantization_bit=int(name[3:]))
+    if name == "int4-qe":
+        return Model.from_pretrained(path, dtype=torch.bfloat16, quantization_bit=4, quantize_embeddings=True)
+    if name == "recipe-int4":
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(path).float().quantize(4)
+    if name in ("cli-int4", "cli-int8"):
+        from chatglm.loader import load_model_and_tokenizer
+
+        return load_model_and_tokenizer(model=path, device="cpu", quantize=int(name[-1]))[1]
+    raise ValueError(f"unknown configuration {name}")
+
+
+def weights_read_per_token(model):
+    """Bytes of the (deduplicated) parameters: a decoding step reads them all, the tied embedding
+    matrix through the LM head."""
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def measure_ours(name, path, threads, load_only):
+    import torch
+    from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
+
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    model = build_model(shape, precision)
-    build_s = time.perf_counter() - start
-    config = model.config
-    ids = torch.randint(100, 1000, (1, prompt_tokens))
-    ids[0, -2:] = torch.tensor([config.gmask_token_id, config.bos_token_id])
+    model = load_ours(name, path).eval()
+    result = {"load_s": time.perf_counter() - start, "weights_read_bytes": weights_read_per_token(model)}
+    result["resident_after_load"], result["peak_after_load"] = memory_now()
+    if load_only:
+        return result
+    config = model.config.to_dict()
+    rng = random.Random(0)
+
+    class StepClock(LogitsProcessor):
+        def __init__(self):
+            self.stamps = []
+
+        def __call__(self, input_ids, scores):
+            self.stamps.append(time.perf_counter())
+            scores[:, model.config.eos_token_id] = -float("inf")
+            return scores
+
     with torch.inference_mode():
+        prefill = []
+        for _ in range(3):
+            ids = torch.tensor([prompt_ids(config, PREFILL_TOKENS, rng)])
+            start = time.perf_counter()
+            model(ids, use_cache=True, logits_to_keep=1)  # what generate() runs for a prompt
+            prefill.append(time.perf_counter() - start)
+        result["prefill_tok_s"] = PREFILL_TOKENS / statistics.median(prefill)
+        for context in DECODE_CONTEXTS:
+            clock = StepClock()
+            ids = torch.tensor([prompt_ids(config, context, rng)])
+            model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False,
+                           logits_processor=LogitsProcessorList([clock]))
+            steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
+            result[f"decode_{context}_ms"] = 1e3 * statistics.median(steps)
+    result["resident"], result["peak_rss"] = memory_now()
+    return result
+
+
+def measure_cpp(checkpoint, model_file, load_only):
+    """chatglm.cpp's own generate() loop, one step at a time (its Pipeline uses every core: 2 here)."""
+    import chatglm_cpp
+
+    start = time.perf_counter()
+    model = chatglm_cpp.Pipeline(str(model_file)).model
+    result = {"load_s": time.perf_counter() - start, "weights_read_bytes": os.path.getsize(model_file)}
+    result["resident_after_load"], result["peak_after_load"] = memory_now()
+    if load_only:
+        return result
+    config = json.loads((Path(checkpoint) / "config.json").read_text())
+    gen_config = chatglm_cpp._C.GenerationConfig(max_length=2048, max_context_length=2048, do_sample=False)
+    rng = random.Random(0)
+    prefill = []
+    for _ in range(3):
+        ids = prompt_ids(config, PREFILL_TOKENS, rng)
         start = time.perf_counter()
-        out = model(ids, use_cache=True)
-        prefill_s = time.perf_counter() - start
-        cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+        model.generate_next_token(ids, None, gen_config, 0, len(ids))
+        prefill.append(time.perf_counter() - start)
+    result["prefill_tok_s"] = PREFILL_TOKENS / statistics.median(prefill)
+    for context in DECODE_CONTEXTS:
+        ids = prompt_ids(config, context, rng)
+        n_past, stamps = 0, []
+        for _ in range(NEW_TOKENS):
+            token = model.generate_next_token(ids, None, gen_config, n_past, context)
+            stamps.append(time.perf_counter())
+            n_past = len(ids)
+            ids.append(token)
+        result[f"decode_{context}_ms"] = 1e3 * statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+    result["resident"], result["peak_rss"] = memory_now()
+    return result
+
+
+def convert_for_cpp(checkpoint, ggml_type, out_path):
+    """Write chatglm.cpp's model file for `checkpoint` with chatglm.cpp's own converter, handing it the
+    two things it reads: a model (config + state_dict with the real names) and the SentencePiece proto."""
+    from types import SimpleNamespace
+
+    import sentencepiece
+    import torch
+    from chatglm_cpp.convert import ChatGLMConverter, GGMLType
+
+    checkpoint = Path(checkpoint)
+    index = json.loads((checkpoint / "pytorch_model.bin.index.json").read_text())
+    state = {}
+    for shard in dict.fromkeys(index["weight_map"].values()):
+        state.update(torch.load(checkpoint / shard, mmap=True, weights_only=True))
+    config = {"pre_seq_len": None, "quantization_bit": 0, **json.loads((checkpoint / "config.json").read_text())}
+    model = SimpleNamespace(config=SimpleNamespace(**config), state_dict=lambda: state)
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(checkpoint / "ice_text.model"))
+    tokenizer = SimpleNamespace(sp_tokenizer=SimpleNamespace(text_tokenizer=SimpleNamespace(sp=processor)))
+    with open(out_path, "wb") as file:
+        ChatGLMConverter.convert(file, model, tokenizer, GGMLType[ggml_type.upper()])
+
+
+def read_bandwidth(threads):
+    """GB/s of torch summing a 2 GiB float32 tensor (best of 5)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    data = torch.ones(2**29)
+    data.sum()
+    times = []
+    for _ in range(5):
         start = time.perf_counter()
-        for _ in range(new_tokens):
-            ids = torch.cat((ids, token), dim=1)
-            positions = model.transformer.get_position_ids(ids, past_length=ids.shape[1] - 1)
-            out = model(token, position_ids=positions, cache=cache, use_cache=True)
-            cache, token = out.cache, out.logits[:, -1:].argmax(-1)
-        decode_s = time.perf_counter() - start
-    params = sum(t.numel() * t.element_size() for t in model.state_dict().values()) - \
-        model.lm_head.weight.numel() * model.lm_head.weight.element_size()
-    return {
-        "shape": shape, "precision": precision, "threads": threads,
-        "weights_GB": round(params / 1e9, 2),
-        "peak_rss_GB": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
-        "build_s": round(build_s, 1),
-        "prefill_tok_s": round(prompt_tokens / prefill_s, 1),
-        "decode_tok_s": round(new_tokens / decode_s, 2),
-        "decode_ms_per_token": round(1000 * decode_s / new_tokens, 1),
-    }
+        data.sum()
+        times.append(time.perf_counter() - start)
+    return data.numel() * 4 / min(times) / 1e9
+
+
+# --- the driver -----------------------------------------------------------------------------------
+
+
+def run_child(python, arguments, threads, timeout=1800):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO_ROOT))
+    result = subprocess.run([python, __file__, *arguments], capture_output=True, text=True, env=env,
+                            timeout=timeout)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines() or ["(no output)"]
+        raise RuntimeError(lines[-1])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def cpp_model_file(args, name):
+    ggml_type = name.split("-", 1)[1]
+    work_dir = Path(args.work_dir) if args.work_dir else Path(args.model).resolve().parent
+    path = work_dir / f"{Path(args.model).resolve().name}-{ggml_type}.bin"
+    if not path.is_file():
+        print(f"converting {args.model} to chatglm.cpp {ggml_type} ({path}) ...", file=sys.stderr, flush=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        run_child(args.cpp_python, ["--convert", ggml_type, "--model", args.model, "--out", str(path)], args.threads)
+    return path
+
+
+def measure(args, name):
+    if name in CPP:
+        arguments = ["--child", name, "--model", args.model, "--out", str(cpp_model_file(args, name))]
+        python = args.cpp_python
+    else:
+        arguments = ["--child", name, "--model", args.model, "--threads", str(args.threads)]
+        python = sys.executable
+    return run_child(python, arguments + (["--load-only"] if args.load_only else []), args.threads)
+
+
+def best(results):
+    """Per figure, the best of the passes."""
+    merged = dict(results[0])
+    for result in results[1:]:
+        for key, value in result.items():
+            if key == "prefill_tok_s":
+                merged[key] = max(merged[key], value)
+            elif key.startswith(("decode_", "peak", "resident", "load_s")):
+                merged[key] = min(merged[key], value)
+    return merged
+
+
+def print_table(args, results, bandwidth):
+    gb = 1e9
+    if args.load_only:
+        print("| configuration | load s | weights GB | resident after load GB | peak RSS GB | peak / resident |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for name, r in results.items():
+            resident, peak = r["resident_after_load"], r["peak_after_load"]
+            print(f"| {name} | {r['load_s']:.0f} | {r['weights_read_bytes'] / gb:.2f} | {resident / gb:.2f} "
+                  f"| {peak / gb:.2f} | {peak / resident:.2f} |")
+        return
+    print(f"read bandwidth (torch sum over 2 GiB, best in this sitting): {bandwidth:.1f} GB/s; "
+          f"{args.threads} threads, best of {args.passes} pass(es)")
+    print("| configuration | weights read / token GB | prefill @512 tok/s | decode @16 ms/tok | decode @1024 ms/tok "
+          "| @1024 / @16 | peak RSS GB | bandwidth use @16 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"| {name} | failed: {r['error']} |")
+            continue
+        use = r["weights_read_bytes"] / (r["decode_16_ms"] / 1e3) / (bandwidth * gb)
+        print(f"| {name} | {r['weights_read_bytes'] / gb:.2f} | {r['prefill_tok_s']:.1f} | {r['decode_16_ms']:.1f} | "
+              f"{r['decode_1024_ms']:.1f} | {r['decode_1024_ms'] / r['decode_16_ms']:.2f} | {r['peak_rss'] / gb:.2f} "
+              f"| {use:.0%} |")
+    print()
+    for name in results:
+        print(f"- {name}: {OURS.get(name) or CPP.get(name)}")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", choices=SHAPES, default="mid")
-    parser.add_argument("--precisions", nargs="+", choices=PRECISIONS, default=list(PRECISIONS))
-    parser.add_argument("--prompt-tokens", type=int, default=64)
-    parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # child-process mode
+    parser.add_argument("--model", required=True, help="checkpoint folder (ChatGLM-6B layout)")
+    parser.add_argument("--configs", nargs="+", default=None, choices=[*OURS, *CPP],
+                        help="default: " + " ".join(DEFAULT_CONFIGS) + " (chatglm.cpp only with --cpp-python)")
+    parser.add_argument("--cpp-python", help="a python where chatglm_cpp imports (e.g. /work/ccpp-venv/bin/python)")
+    parser.add_argument("--work-dir", help="where chatglm.cpp's converted model files are kept (default: beside "
+                        "the checkpoint folder)")
+    parser.add_argument("--passes", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--load-only", action="store_true", help="only load: load time, resident and peak memory")
+    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # measure one configuration in this process
+    parser.add_argument("--convert", help=argparse.SUPPRESS)  # write a chatglm.cpp model file
+    parser.add_argument("--bandwidth", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    if args.one:
-        print(json.dumps(measure(args.shape, args.precisions[0], args.prompt_tokens, args.new_tokens, args.threads)))
+    if args.child:
+        measured = measure_cpp(args.model, args.out, args.load_only) if args.child in CPP else \
+            measure_ours(args.child, args.model, args.threads, args.load_only)
+        print(json.dumps(measured))
         return
-    print("| shape | precision | weights GB | peak RSS GB | prefill tok/s | decode tok/s | ms/token |")
-    print("|---|---|---|---|---|---|---|")
-    for precision in args.precisions:
-        command = [sys.executable, __file__, "--one", "--shape", args.shape, "--precisions", precision,
-                   "--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens),
-                   "--threads", str(args.threads)]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            print(f"| {args.shape} | {precision} | failed: {result.stderr.strip().splitlines()[-1]} |")
-            continue
-        r = json.loads(result.stdout.strip().splitlines()[-1])
-        print(f"| {r['shape']} | {r['precision']} | {r['weights_GB']} | {r['peak_rss_GB']} | {r['prefill_tok_s']} | "
-              f"{r['decode_tok_s']} | {r['decode_ms_per_token']} |", flush=True)
+    if args.convert:
+        convert_for_cpp(args.model, args.convert, args.out)
+        print(json.dumps({"converted": args.out}))
+        return
+    if args.bandwidth:
+        print(json.dumps(read_bandwidth(args.threads)))
+        return
+
+    configs = args.configs or [c for c in DEFAULT_CONFIGS if c in OURS or args.cpp_python]
+    if any(c in CPP for c in configs) and not args.cpp_python:
+        parser.error("chatglm.cpp configurations need --cpp-python")
+    runs = {name: [] for name in configs}
+    bandwidths = []
+    for number in range(args.passes):
+        if not args.load_only:
+            bandwidths.append(run_child(sys.executable, ["--bandwidth", "--model", args.model,
+                                                         "--threads", str(args.threads)], args.threads))
+        for name in configs if number % 2 == 0 else reversed(configs):  # alternate the order
+            try:
+                runs[name].append(measure(args, name))
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                print(f"{name}: failed ({exc})", file=sys.stderr, flush=True)
+            print(f"pass {number + 1}: {name} done", file=sys.stderr, flush=True)
+    results = {name: best(r) if r else {"error": "see stderr"} for name, r in runs.items()}
+    print_table(args, results, max(bandwidths, default=0))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"bandwidth_GBps": max(bandwidths, default=0), "results": results},
+                                              indent=1))
 
 
 if __name__ == "__main__":

@@ -83,12 +83,16 @@ def main():
     parser.add_argument("--tokenizer", required=True, help="folder with ice_text.model and tokenizer_config.json")
     parser.add_argument("--layers", type=int, default=28)
     parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--hidden-size", type=int, default=4096, help="smaller for quick trials (inner: 4x, "
+                        "heads: hidden / 128)")
     args = parser.parse_args()
 
     tokenizer = ChatGLMTokenizer.from_pretrained(args.tokenizer)
     ids = tokenizer.convert_tokens_to_ids
     # the real config with the tokenizer's special ids (the small reference tokenizer numbers them lower)
-    config = ChatGLMConfig(num_layers=args.layers, bos_token_id=ids("<sop>"), eos_token_id=ids("<eop>"),
+    config = ChatGLMConfig(num_layers=args.layers, hidden_size=args.hidden_size,
+                           inner_hidden_size=4 * args.hidden_size, num_attention_heads=args.hidden_size // 128,
+                           bos_token_id=ids("<sop>"), eos_token_id=ids("<eop>"),
                            mask_token_id=ids("[MASK]"), gmask_token_id=ids("[gMASK]"), pad_token_id=ids("<pad>"),
                            torch_dtype="float16")
     write_checkpoint(args.out_dir, config, args.shards)

@@ -7,6 +7,7 @@ and streaming live in generation.py).
 Tensors are batch-first, [batch, seq, hidden]; the original was sequence-first, the numbers are the same.
 """
 
+import functools
 import math
 
 import torch
@@ -32,31 +33,36 @@ MASKED_SCORE = -10000.0
 # --- rotary position embedding ---------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def rotary_inv_freq(dim, device=None):
-    """Inverse frequencies of a `dim`-wide rotary table, rounded to fp16 as in the original weights."""
+    """Inverse frequencies of a `dim`-wide rotary table, rounded to fp16 as in the original weights.
+    Computed once per width and device (every decoding step needs it); callers must not modify it."""
     inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
     return inv_freq.half().float()
 
 
 def rotary_cos_sin(position_ids, dim, dtype):
-    """cos/sin of shape [batch, seq, 1, dim] for integer positions [batch, seq].
+    """cos/sin of shape [batch, seq, dim] for integer positions [batch, seq].
 
     fp16 models compute the table in fp16 like the original; every other dtype in fp32.
     """
     table_dtype = torch.float16 if dtype == torch.float16 else torch.float32
     inv_freq = rotary_inv_freq(dim, position_ids.device).to(table_dtype)
     freqs = position_ids.to(table_dtype)[..., None] * inv_freq  # [batch, seq, dim/2]
-    emb = torch.cat((freqs, freqs), dim=-1)[:, :, None, :]  # [batch, seq, 1, dim]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [batch, seq, dim]
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def rotate_half(x):
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+def rotate_half(x, parts):
+    """Each of the `parts` equal slices [x1 | x2] of the last dimension becomes [-x2 | x1]."""
+    x = x.unflatten(-1, (parts, 2, -1))  # [..., parts, 2, width / (2 * parts)]
+    return torch.stack((-x[..., 1, :], x[..., 0, :]), dim=-2).flatten(-3)
 
 
-def apply_rotary(x, cos, sin):
-    return x * cos + rotate_half(x) * sin
+def apply_rotary(x, rotary):
+    """x * cos + rotate_half(x) * sin, with `rotary` = (cos, sin, parts) from ChatGLMModel.rotary_tables."""
+    cos, sin, parts = rotary
+    return x * cos + rotate_half(x, parts) * sin
 
 
 # --- KV cache --------------------------------------------------------------------------------------
@@ -127,25 +133,16 @@ class SelfAttention(nn.Module):
         self.layer_id = layer_id
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.position_encoding_2d = config.position_encoding_2d
         self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
-
-    def rotate(self, x, rotary):
-        """Rotary on q or k [batch, seq, heads, head_dim]. In 2-D mode the first half of each head
-        follows the absolute positions and the second half the block positions."""
-        if not self.position_encoding_2d:
-            return apply_rotary(x, *rotary[0])
-        x1, x2 = x.chunk(2, dim=-1)
-        return torch.cat((apply_rotary(x1, *rotary[0]), apply_rotary(x2, *rotary[1])), dim=-1)
 
     def forward(self, hidden_states, rotary, attention_mask, prefix_key=None, prefix_value=None, cache=None,
                 output_attentions=False):
         batch, seq, _ = hidden_states.shape
         # The fused projection is laid out per head: [q_h | k_h | v_h] for head h.
-        qkv = self.query_key_value(hidden_states).view(batch, seq, self.num_heads, 3 * self.head_dim)
-        q, k, v = qkv.split(self.head_dim, dim=-1)  # each [batch, seq, heads, head_dim]
-        q, k = self.rotate(q, rotary), self.rotate(k, rotary)
+        qkv = self.query_key_value(hidden_states).view(batch, seq, self.num_heads, 3, self.head_dim)
+        q, k = apply_rotary(qkv[:, :, :, :2], rotary).unbind(3)  # q and k rotated at once
+        v = qkv[:, :, :, 2]  # each [batch, seq, heads, head_dim]
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, seq, head_dim]
         if cache is not None:
             k, v = cache.update(k, v, self.layer_id)
@@ -339,6 +336,20 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
             return None
         return allowed[:, None]
 
+    def rotary_tables(self, position_ids, dtype):
+        """(cos, sin, parts) for apply_rotary, cos/sin [batch, seq, 1, 1, head_dim] (broadcast over heads and
+        q/k). In 2-D mode (2 parts) the first half of each head follows the absolute positions and the
+        second half the block positions."""
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
+        if self.config.position_encoding_2d:
+            absolute = rotary_cos_sin(position_ids[:, 0], head_dim // 2, dtype)
+            block = rotary_cos_sin(position_ids[:, 1], head_dim // 2, dtype)
+            cos, sin = (torch.cat(pair, dim=-1) for pair in zip(absolute, block))
+            parts = 2
+        else:
+            (cos, sin), parts = rotary_cos_sin(position_ids, head_dim, dtype), 1
+        return cos[:, :, None, None], sin[:, :, None, None], parts
+
     def prefix_key_values(self, batch_size, device, dtype):
         """The P-Tuning prefix: keys of layer i at [2i], values at [2i + 1], each [batch, heads, pre_seq_len, head_dim].
 
@@ -397,13 +408,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
                    "[batch, seq] (1-D positions; the tokenizer's padded batches carry 2-D ones)")
                 + ": leave position_ids out and pass the attention_mask, the model builds them"
             )
-        head_dim = self.config.hidden_size // self.config.num_attention_heads
-        dtype = hidden_states.dtype
-        if self.config.position_encoding_2d:
-            rotary = (rotary_cos_sin(position_ids[:, 0], head_dim // 2, dtype),
-                      rotary_cos_sin(position_ids[:, 1], head_dim // 2, dtype))
-        else:
-            rotary = (rotary_cos_sin(position_ids, head_dim, dtype),)
+        rotary = self.rotary_tables(position_ids, hidden_states.dtype)
 
         all_hidden_states = () if output_hidden_states else None
         all_attentions = () if output_attentions else None
@@ -479,8 +484,11 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         output_attentions=False,
         output_hidden_states=False,
         past_key_values=None,
+        logits_to_keep=0,
         **kwargs,
     ):
+        """`logits_to_keep=n` computes the logits of the last n positions only (0: all); generate() asks
+        for 1, which spares a prompt's LM head over every position."""
         outputs = self.transformer(
             input_ids,
             position_ids=position_ids,
@@ -490,7 +498,8 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
-        logits = self.lm_head(outputs.last_hidden_state)
+        hidden_states = outputs.last_hidden_state
+        logits = self.lm_head(hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states)
         loss = None
         if labels is not None:
             shift_logits = logits[:, :-1].float()
