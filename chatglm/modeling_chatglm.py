@@ -33,7 +33,7 @@ MASKED_SCORE = -10000.0
 # --- rotary position embedding ---------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rotary_inv_freq(dim, device=None):
     """Inverse frequencies of a `dim`-wide rotary table, rounded to fp16 as in the original weights.
     Computed once per width and device (every decoding step needs it); callers must not modify it."""
