@@ -1,0 +1,134 @@
+"""Throughput and latency of the HTTP server (api.py) under concurrent clients.
+
+For each client count, that many clients each send --requests streamed chat completions one after another
+(``POST /v1/chat/completions``, ``stream: true``) and the script reports requests/s, generated tokens/s, time
+to first token and request latency (p50 / p99). Answers have a fixed length (``ignore_eos``) so that every
+level generates the same work per request.
+
+    python benchmarks/serve_bench.py                            # starts api.py on the demo model
+    python benchmarks/serve_bench.py --clients 1 8 32 --requests 4 --max-tokens 128
+    python benchmarks/serve_bench.py --url http://127.0.0.1:8000 --api-key KEY   # a server already running
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+PROMPTS = ["你好", "晚上睡不着应该怎么办", "Write a haiku about the sea", "介绍一下北京",
+           "1+1等于几？请详细解释一下你的计算过程", "什么是机器学习", "讲个笑话", "如何学习编程"]
+
+
+def percentile(values, fraction):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
+
+
+async def one_request(client, url, headers, prompt, max_tokens):
+    """Stream one answer; return (seconds to the first text, total seconds, generated tokens)."""
+    payload = {"messages": [{"role": "user", "content": prompt}], "stream": True, "max_tokens": max_tokens,
+               "ignore_eos": True, "stream_options": {"include_usage": True}}
+    started = time.perf_counter()
+    first, last_event = None, b""
+    async with client.stream("POST", url + "/v1/chat/completions", json=payload, headers=headers) as reply:
+        reply.raise_for_status()
+        # the client shares the CPU with the server: look at the bytes, and parse only the last event
+        async for data in reply.aiter_bytes():
+            if first is None and b'"content": "' in data.replace(b'"content": ""', b""):
+                first = time.perf_counter() - started
+            last_event = (last_event + data)[-4096:]
+    elapsed = time.perf_counter() - started
+    events = [e for e in last_event.decode("utf-8", "replace").split("\n\n") if e.startswith("data: {")]
+    final = json.loads(events[-1][6:])
+    if "error" in final:
+        raise RuntimeError(final["error"]["message"])
+    return first, elapsed, final["usage"]["completion_tokens"]
+
+
+async def run_level(url, headers, clients, requests, max_tokens):
+    """``clients`` clients, each sending ``requests`` requests in a row; returns the row of the table."""
+    limits = httpx.Limits(max_connections=clients + 4)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        async def one_client(index):
+            return [await one_request(client, url, headers, PROMPTS[(index + i) % len(PROMPTS)], max_tokens)
+                    for i in range(requests)]
+
+        started = time.perf_counter()
+        results = [r for rs in await asyncio.gather(*(one_client(i) for i in range(clients))) for r in rs]
+        elapsed = time.perf_counter() - started
+    firsts = [r[0] for r in results]
+    latencies = [r[1] for r in results]
+    return {"clients": clients, "requests": len(results), "seconds": elapsed,
+            "requests_per_s": len(results) / elapsed, "tokens_per_s": sum(r[2] for r in results) / elapsed,
+            "ttft_p50": statistics.median(firsts), "ttft_p99": percentile(firsts, 0.99),
+            "latency_p50": statistics.median(latencies), "latency_p99": percentile(latencies, 0.99)}
+
+
+def start_server(args):
+    """api.py as a subprocess on --port; returns (process, url) once /health answers."""
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, str(repo / "api.py"), "--port", str(args.port), "--device", "cpu",
+               "--max-batch-size", str(max(args.clients))]
+    if args.model:
+        command += ["--model", args.model]
+    server = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{args.port}"
+    for _ in range(600):
+        if server.poll() is not None:
+            sys.exit(f"error: api.py exited with status {server.returncode}; run it by hand to see why")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    server.kill()
+    sys.exit("error: api.py did not answer /health within 2 minutes")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--url", help="benchmark this running server instead of starting api.py")
+    parser.add_argument("--api-key", default=os.environ.get("CHATGLM_API_KEY"), help="the server's key, if any")
+    parser.add_argument("--model", help="model for the started api.py (default: the bundled demo checkpoint)")
+    parser.add_argument("--port", type=int, default=8765, help="port of the started api.py (default: 8765)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="client counts (default: 1 8 32)")
+    parser.add_argument("--requests", type=int, default=4, help="requests per client (default: 4)")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer (default: 128)")
+    parser.add_argument("--json", action="store_true", help="also print the rows as JSON lines")
+    args = parser.parse_args()
+
+    server, url = (None, args.url.rstrip("/")) if args.url else start_server(args)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    try:
+        asyncio.run(run_level(url, headers, 1, 1, 8))  # warm-up
+        rows = [asyncio.run(run_level(url, headers, clients, args.requests, args.max_tokens))
+                for clients in args.clients]
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+
+    base = rows[0]["tokens_per_s"]
+    print(f"{args.requests} requests per client, {args.max_tokens} tokens per answer, streamed")
+    print("| clients | requests | requests/s | generated tokens/s | vs first row | TTFT p50 / p99 (ms) "
+          "| latency p50 / p99 (s) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(f"| {row['clients']} | {row['requests']} | {row['requests_per_s']:.2f} | {row['tokens_per_s']:.0f} "
+              f"| {row['tokens_per_s'] / base:.1f}x | {row['ttft_p50'] * 1000:.0f} / {row['ttft_p99'] * 1000:.0f} "
+              f"| {row['latency_p50']:.2f} / {row['latency_p99']:.2f} |")
+    if args.json:
+        for row in rows:
+            print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
