@@ -57,22 +57,47 @@ def generation_options(max_length, top_p, temperature):
     return options
 
 
+class PromptTooLong(ValueError):
+    """The question alone leaves no room for an answer within max_length."""
+
+    def __init__(self, length, limit):
+        super().__init__(f"the question alone is {length} tokens, which leaves no room to answer within "
+                         f"max_length={limit}: raise max_length or shorten the question")
+        self.length = length
+        self.limit = limit
+
+
+def prompt_ids(tokenizer, query, history, max_length):
+    """Token ids of the chat prompt for ``query`` after ``history``. Like ``model.chat``, the oldest rounds
+    are left out while the prompt would leave no room to answer within ``max_length``; the fewest rounds to
+    leave out are found by bisection (a prompt only gets shorter as rounds are dropped), so a long history
+    costs O(log rounds) tokenizations, not one per dropped round. Raises PromptTooLong."""
+    history = list(history)
+
+    def encode(dropped):
+        return tokenizer(build_prompt(query, history[dropped:]))["input_ids"]
+
+    ids = encode(0)
+    if len(ids) < max_length:
+        return ids
+    fits, ids = len(history), encode(len(history))
+    if len(ids) >= max_length:
+        raise PromptTooLong(len(ids), max_length)
+    too_few = 0  # dropping this many rounds is known not to be enough
+    while fits - too_few > 1:
+        middle = (too_few + fits) // 2
+        candidate = encode(middle)
+        if len(candidate) < max_length:
+            fits, ids = middle, candidate
+        else:
+            too_few = middle
+    return ids
+
+
 def chat_inputs(model, tokenizer, query, history, max_length):
-    """Tokenized prompt on the model's device; the oldest rounds of history are dropped while the prompt
-    would leave no room to answer within max_length."""
-    history = list(history or [])
-    while True:
-        inputs = tokenizer([build_prompt(query, history)], return_tensors="pt")
-        if inputs["input_ids"].shape[1] < max_length or not history:
-            break
-        history = history[1:]
-    length = inputs["input_ids"].shape[1]
-    if length >= max_length:
-        raise ValueError(
-            f"the question alone is {length} tokens, which leaves no room to answer within "
-            f"max_length={max_length}: raise max_length or shorten the question"
-        )
-    return inputs.to(model.device)
+    """Tokenized prompt ``{"input_ids": [1, length]}`` on the model's device (see ``prompt_ids``)."""
+    ids = prompt_ids(tokenizer, query, history or [], max_length)
+    return {"input_ids": torch.tensor([ids], device=model.device)}
 
 
 def generation_kwargs(max_length, do_sample, top_p, temperature, logits_processor, kwargs):

@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from .generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, PromptTooLong, prompt_ids
 from .protocol import (
     FIELD_NAMES,
     ApiError,
@@ -40,7 +40,7 @@ from .protocol import (
     ModelList,
     messages_to_chat,
 )
-from .serving import ERROR, STOP, Engine, PromptTooLong, QueueFull, Sequence, TextStream, follow, prompt_ids
+from .serving import ERROR, STOP, Engine, QueueFull, Sequence, TextStream, follow
 
 logger = logging.getLogger("chatglm.api")
 

@@ -2,7 +2,7 @@
 
     engine = Engine(model, max_batch_size=32)
     engine.start()
-    seq = Sequence(prompt_ids(tokenizer, "你好", [], 2048), max_new_tokens=100, temperature=0)
+    seq = Sequence(prompt_ids(tokenizer, "你好", [], 2048), max_new_tokens=100, temperature=0)  # chatglm.generation
     engine.submit(seq)
     seq.done.wait()                   # or, in asyncio code: async for _ in follow(engine, seq): ...
     answer = TextStream(tokenizer)
@@ -31,7 +31,7 @@ from collections.abc import Sequence as Seq
 import torch
 import torch.nn.functional as F
 
-from .generation import build_prompt, process_response
+from .generation import process_response
 from .positions import glm_position_ids
 
 logger = logging.getLogger("chatglm.serving")
@@ -42,41 +42,6 @@ STOP, LENGTH, CANCELLED, ERROR = "stop", "length", "cancelled", "error"
 
 class QueueFull(Exception):
     """The engine already holds as many waiting sequences as it was allowed; try again later."""
-
-
-class PromptTooLong(ValueError):
-    def __init__(self, length: int, limit: int):
-        super().__init__(f"the question alone is {length} tokens, which leaves no room to answer within "
-                         f"max_length={limit}: raise max_length or shorten the question")
-        self.length = length
-        self.limit = limit
-
-
-def prompt_ids(tokenizer, query: str, history: Seq[tuple[str, str]], max_length: int) -> list[int]:
-    """Token ids of the chat prompt for ``query`` after ``history``. Like ``model.chat``, the oldest rounds
-    are left out while the prompt would leave no room to answer within ``max_length``; the fewest rounds to
-    leave out are found by bisection (a prompt only gets shorter as rounds are dropped), so a long history
-    costs O(log rounds) tokenizations, not one per dropped round. Raises PromptTooLong."""
-    history = list(history)
-
-    def encode(dropped: int) -> list[int]:
-        return tokenizer(build_prompt(query, history[dropped:]))["input_ids"]
-
-    ids = encode(0)
-    if len(ids) < max_length:
-        return ids
-    fits, ids = len(history), encode(len(history))
-    if len(ids) >= max_length:
-        raise PromptTooLong(len(ids), max_length)
-    too_few = 0  # dropping this many rounds is known not to be enough
-    while fits - too_few > 1:
-        middle = (too_few + fits) // 2
-        candidate = encode(middle)
-        if len(candidate) < max_length:
-            fits, ids = middle, candidate
-        else:
-            too_few = middle
-    return ids
 
 
 class Sequence:

@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from chatglm.serving import prompt_ids
+from chatglm.generation import prompt_ids
 
 pytestmark = pytest.mark.slow  # api.py as a server process
 

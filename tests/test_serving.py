@@ -5,20 +5,8 @@ import time
 import pytest
 import torch
 
-from chatglm.generation import build_prompt, process_response
-from chatglm.serving import (
-    CANCELLED,
-    ERROR,
-    LENGTH,
-    STOP,
-    Engine,
-    PromptTooLong,
-    QueueFull,
-    Sequence,
-    TextStream,
-    prompt_ids,
-    sample_next_tokens,
-)
+from chatglm.generation import PromptTooLong, build_prompt, process_response, prompt_ids
+from chatglm.serving import CANCELLED, ERROR, LENGTH, STOP, Engine, QueueFull, Sequence, TextStream, sample_next_tokens
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办", "Write a haiku about the sea", "hi",
            "1+1等于几？请详细解释一下你的计算过程，然后再举三个例子", "介绍一下北京"]
