@@ -149,7 +149,8 @@ def int4_cpu_layout_rows(kernel_bytes, layout, row_ids):
     column = torch.where(paired, position // 2, position % half)  # byte within the block's k-th run
     high = torch.where(paired, position % 2 == 1, position >= half)
     block_start = (ids - position) * (in_features // 2)
-    index = block_start[:, None] + torch.arange(in_features) * half[:, None] + column[:, None]  # [ids, K]
+    k = torch.arange(in_features, device=ids.device)
+    index = block_start[:, None] + k * half[:, None] + column[:, None]  # [ids, K]
     values = kernel_bytes.flatten()[index]
     values = torch.where(high[:, None], values >> 4, values & 0x0F).to(torch.int8) - 8
     return values.view(*row_ids.shape, in_features)
@@ -202,6 +203,7 @@ def _aligned(t):
 
 
 _scratch = threading.local()
+_repack_lock = threading.Lock()
 
 
 def _bfloat16_scratch(rows, columns):
@@ -306,13 +308,14 @@ class QuantizedLinear(QuantizedWeight):
 
     def _int4_kernel_weight(self):
         """The INT4 weight in the CPU kernel's layout, re-packed in place on first use (no second copy)."""
-        if not self.in_cpu_kernel_layout:
-            layout = int4_cpu_layout()
-            # rows past the last full block must fill a block of 16, 32 or 48 rows
-            if layout is None or self.out_features % 16 or int4_kernel_group_size(self.in_features) is None:
-                return None
-            # in place: quantized word embeddings hold the same Parameter
-            self.weight.data = to_int4_cpu_layout(self.weight, layout)
+        layout = int4_cpu_layout()
+        # rows past the last full block must fill a block of 16, 32 or 48 rows
+        if layout is None or self.out_features % 16 or int4_kernel_group_size(self.in_features) is None:
+            return None
+        with _repack_lock:  # two threads' first forwards must not both re-pack
+            if not self.in_cpu_kernel_layout:
+                # in place: quantized word embeddings hold the same Parameter
+                self.weight.data = to_int4_cpu_layout(self.weight, layout)
         return self.weight
 
     def _integer_values_bfloat16(self):
