@@ -151,7 +151,8 @@ def int4_cpu_layout_rows(kernel_bytes, layout, row_ids):
     block_start = (ids - position) * (in_features // 2)
     k = torch.arange(in_features, device=ids.device)
     index = block_start[:, None] + k * half[:, None] + column[:, None]  # [ids, K]
-    values = kernel_bytes.flatten()[index]
+    # index_select: advanced indexing into a source this large costs milliseconds even for one row
+    values = kernel_bytes.view(-1).index_select(0, index.flatten()).view(index.shape)
     values = torch.where(high[:, None], values >> 4, values & 0x0F).to(torch.int8) - 8
     return values.view(*row_ids.shape, in_features)
 
@@ -282,7 +283,8 @@ class QuantizedLinear(QuantizedWeight):
         if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return F.linear(x, self.dequantize(x.dtype), bias)
         tokens = x.reshape(-1, self.in_features).to(CPU_COMPUTE_DTYPE)  # [tokens, in]
-        out = self.cpu_integer_matmul(tokens).to(x.dtype) * self.weight_scale.to(x.dtype)
+        # one op: the product is computed in the wider of the two dtypes, then rounded to the model's
+        out = (self.cpu_integer_matmul(tokens) * self.weight_scale).to(x.dtype)
         out = out.view(*x.shape[:-1], self.out_features)
         return out if bias is None else out + bias
 
@@ -348,12 +350,14 @@ class QuantizedEmbedding(QuantizedWeight):
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
 
     def forward(self, input_ids):
+        ids = input_ids.flatten()
         if self.in_cpu_kernel_layout:  # the LM head re-packed the shared weight for the CPU kernel
-            values = int4_cpu_layout_rows(self.weight, int4_cpu_layout(), input_ids)
+            values = int4_cpu_layout_rows(self.weight, int4_cpu_layout(), ids)
         else:
-            rows = self.weight[input_ids]
+            rows = self.weight.index_select(0, ids)
             values = unpack_int4(rows) if self.bits == 4 else rows
-        return values.float() * self.weight_scale[input_ids].float()[..., None]
+        rows = values.float() * self.weight_scale.index_select(0, ids).float()[:, None]  # [tokens, hidden]
+        return rows.view(*input_ids.shape, self.embedding_dim)
 
     def extra_repr(self):
         return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}"
