@@ -10,6 +10,7 @@ bounded buffer. The integers are those of loading in the same dtype, then quanti
 """
 
 import copy
+import ctypes
 import logging
 import os
 import re
@@ -88,6 +89,8 @@ def _fill_from_checkpoint(model, folder, dtype):
             tensors.update(_read_tensor(module, tensor_name, stored, dtype))
             if tensors.keys() == expected[module_name]:
                 module.load_state_dict(pending.pop(module_name), assign=True)
+                if isinstance(module, QuantizedWeight):
+                    _return_freed_memory()
     if unexpected:
         logger.warning("Weights in %s that this model has no place for (ignored): %s", folder, ", ".join(unexpected))
     model.tie_weights()
@@ -129,6 +132,15 @@ def _quantize_stored(stored, bits, dtype):
         stop = min(rows, start + step)
         weight[start:stop], scale[start:stop] = quantize_weight(stored.read_rows(start, stop, dtype), bits)
     return weight, scale
+
+
+def _return_freed_memory():
+    """Give the heap memory freed by quantizing back to the system. glibc otherwise keeps the pages of the
+    quantization buffers, fragmented between the small tensors loaded meanwhile: about 20 MB per 6B layer,
+    0.6 GB over the model. A no-op where the C library has no malloc_trim."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def _initialize_missing(model, modules, expected, pending, folder):
