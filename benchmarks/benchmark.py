@@ -28,8 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 # configuration: (how it is loaded: what the user writes)
 OURS = {
     "fp32": "from_pretrained(path, dtype=torch.float32)",
@@ -211,7 +209,7 @@ def read_bandwidth(threads):
 
 
 def run_child(python, arguments, threads, timeout=1800):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(REPO_ROOT))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     result = subprocess.run([python, __file__, *arguments], capture_output=True, text=True, env=env,
                             timeout=timeout)
     if result.returncode != 0:

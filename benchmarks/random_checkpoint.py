@@ -13,14 +13,11 @@ import argparse
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from chatglm import ChatGLMConfig, ChatGLMTokenizer  # noqa: E402
+from chatglm import ChatGLMConfig, ChatGLMTokenizer
 
 
 def layer_tensors(index, config, generator):

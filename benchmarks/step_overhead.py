@@ -10,16 +10,12 @@ reported; the bundled demo model (3.9 M parameters) shows the fixed per-step cos
 
 import argparse
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from chatglm import DEMO_MODEL_PATH, ChatGLMForConditionalGeneration  # noqa: E402
+from chatglm import DEMO_MODEL_PATH, ChatGLMForConditionalGeneration
 
 
 class StepClock(LogitsProcessor):
