@@ -52,7 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"requests waiting for a place in the batch; more get 503 (default: {defaults.max_queue})")
     server.add_argument("--max-body-bytes", type=bounded(int, 1), default=defaults.max_body_bytes,
                         help=f"largest request body; larger gets 413 (default: {defaults.max_body_bytes})")
+    server.add_argument("--threads", type=bounded(int, 1), default=default_engine_threads(), metavar="N",
+                        help="CPU threads that generate (default: all cores but one, %(default)s here: the HTTP "
+                             "side needs a core of its own, and generation threads sharing a core with it stall "
+                             "at every step)")
     return parser
+
+
+def default_engine_threads() -> int:
+    import torch
+
+    return max(1, torch.get_num_threads() - 1)
 
 
 def main(argv=None) -> None:
@@ -63,7 +73,7 @@ def main(argv=None) -> None:
     tokenizer, model = load_model_and_tokenizer(args)
     settings = ServerSettings(api_key=args.api_key or None, cors_origins=args.cors_origin, log_content=args.log_content,
                               max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
-                              max_queue=args.max_queue)
+                              max_queue=args.max_queue, threads=args.threads)
     app = create_app(tokenizer, model, settings, model_name=served_model_name(args.model))
     # the app logs one line per request itself, so uvicorn's access log is off
     uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False,

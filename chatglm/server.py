@@ -58,6 +58,7 @@ class ServerSettings:
     max_json_depth: int = 32
     max_batch_size: int = 32  # sequences decoded together
     max_queue: int = 256  # sequences waiting to join; more get 503
+    threads: int | None = None  # CPU threads of the engine (None: torch's setting)
 
 
 # --- errors ------------------------------------------------------------------------------------------
@@ -253,7 +254,8 @@ async def cancel_on_disconnect(engine: Engine, sequence: Sequence, receive):
 def create_app(tokenizer, model, settings: ServerSettings | None = None, *, model_name: str = "chatglm"):
     """The FastAPI app serving ``model``; its Engine starts and stops with the app's lifespan."""
     settings = settings or ServerSettings()
-    engine = Engine(model, max_batch_size=settings.max_batch_size, max_waiting=settings.max_queue)
+    engine = Engine(model, max_batch_size=settings.max_batch_size, max_waiting=settings.max_queue,
+                    threads=settings.threads)
     context_length = model.config.max_sequence_length
     default_top_k = model.generation_config.top_k or 0
     started = int(time.time())

@@ -216,11 +216,13 @@ class Engine:
     """Runs every submitted Sequence to its end on one background thread, batching them together.
 
     ``max_batch_size`` sequences decode together; more wait in a queue of at most ``max_waiting`` (then
-    ``submit`` raises QueueFull). ``cancel`` takes effect at the next step boundary.
+    ``submit`` raises QueueFull). ``cancel`` takes effect at the next step boundary. ``threads`` is the
+    number of CPU threads the steps compute with (None: torch's setting).
     """
 
-    def __init__(self, model, *, max_batch_size: int = 32, max_waiting: int = 256):
+    def __init__(self, model, *, max_batch_size: int = 32, max_waiting: int = 256, threads: int | None = None):
         self.model = model
+        self.threads = threads
         self.max_batch_size = max_batch_size
         self.max_waiting = max_waiting
         eos = model.generation_config.eos_token_id
@@ -278,6 +280,8 @@ class Engine:
     # --- the engine thread ---
 
     def _run(self):
+        if self.threads:
+            torch.set_num_threads(self.threads)
         with torch.inference_mode():
             while True:
                 with self.wakeup:
