@@ -257,6 +257,9 @@ def print_table(args, results, bandwidth):
         print("| configuration | load s | weights GB | resident after load GB | peak RSS GB | peak / resident |")
         print("| --- | --- | --- | --- | --- | --- |")
         for name, r in results.items():
+            if "error" in r:
+                print(f"| {name} | failed: {r['error']} |")
+                continue
             resident, peak = r["resident_after_load"], r["peak_after_load"]
             print(f"| {name} | {r['load_s']:.0f} | {r['weights_read_bytes'] / gb:.2f} | {resident / gb:.2f} "
                   f"| {peak / gb:.2f} | {peak / resident:.2f} |")
