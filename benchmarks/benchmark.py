@@ -9,7 +9,7 @@ resident set (load included); weights read per token = the bytes of every weight
 (all of them but the embedding rows; the LM head reads the tied embedding matrix).
 
     python benchmarks/benchmark.py --model CHECKPOINT                        # ours, all configurations
-    python benchmarks/benchmark.py --model CHECKPOINT --cpp-python /work/ccpp-venv/bin/python --passes 2
+    python benchmarks/benchmark.py --model CHECKPOINT --cpp-python CPP_VENV/bin/python --passes 2
     python benchmarks/benchmark.py --model CHECKPOINT --configs int4 cli-int4 --load-only   # memory only
 
 CHECKPOINT is a ChatGLM-6B-shaped folder (the perf README's "mid" model, or one written by
@@ -287,7 +287,7 @@ def main():
     parser.add_argument("--model", required=True, help="checkpoint folder (ChatGLM-6B layout)")
     parser.add_argument("--configs", nargs="+", default=None, choices=[*OURS, *CPP],
                         help="default: " + " ".join(DEFAULT_CONFIGS) + " (chatglm.cpp only with --cpp-python)")
-    parser.add_argument("--cpp-python", help="a python where chatglm_cpp imports (e.g. /work/ccpp-venv/bin/python)")
+    parser.add_argument("--cpp-python", help="a python where chatglm_cpp imports (e.g. CPP_VENV/bin/python)")
     parser.add_argument("--work-dir", help="where chatglm.cpp's converted model files are kept (default: beside "
                         "the checkpoint folder)")
     parser.add_argument("--passes", type=int, default=1)

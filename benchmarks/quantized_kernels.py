@@ -5,7 +5,7 @@ decoding uses), the integer weight expanded to bfloat16 + F.linear (what long pr
 few tokens, the kernel with float32 activations (the slow path a float32 model used to take). The
 fastest of the first two decides `DEQUANTIZED_MATMUL_MIN_TOKENS` in chatglm/quantization.py.
 
-    flock /work/heavy.lock python benchmarks/quantized_kernels.py            # 16384x4096 (dense_h_to_4h)
+    python benchmarks/quantized_kernels.py            # 16384x4096 (dense_h_to_4h)
     python benchmarks/quantized_kernels.py --shape 4096 16384 --tokens 1,16,128
 """
 
