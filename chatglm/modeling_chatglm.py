@@ -516,8 +516,9 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
 
     # --- generate() integration ---
 
-    # Two private hooks remain (tests/test_positions.py fails if transformers stops calling them):
-    # generate() builds the prompt's positions with the first and expands them for beams with the second.
+    # Three private hooks remain, each with a test that fails if transformers stops calling it:
+    # generate() builds the prompt's positions with the first and expands them for beams with the third
+    # (tests/test_positions.py), and takes its cache from the second (tests/test_kv_cache.py).
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         return self.transformer.get_position_ids(inputs_tensor, model_kwargs.get("attention_mask"))
