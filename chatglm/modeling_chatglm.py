@@ -18,6 +18,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
+from . import cpu_kernels
 from .configuration_chatglm import ChatGLMConfig
 from .generation import chat, process_response, stream_chat, stream_generate
 from .positions import glm_position_ids
@@ -28,6 +29,22 @@ from .streaming_load import can_stream, load_streaming
 # is sqrt(2 * 28) for every model size. Checkpoints were trained with it.
 RESIDUAL_ALPHA = math.sqrt(2 * 28)
 MASKED_SCORE = -10000.0
+
+
+# --- linear layer ----------------------------------------------------------------------------------
+
+
+class Linear(nn.Linear):
+    """nn.Linear whose one-token products on CPU (every decoding step at batch 1) run the bandwidth-bound
+    kernels of cpu_kernels; everything else is nn.Linear's."""
+
+    def forward(self, x):
+        if not cpu_kernels.takes_matvec(x, self.weight):
+            return super().forward(x)
+        out = cpu_kernels.matvec(x, self.weight)
+        if self.bias is not None:
+            out += self.bias  # in float32, then rounded once, like F.linear
+        return out.to(x.dtype)
 
 
 # --- rotary position embedding ---------------------------------------------------------------------
@@ -133,8 +150,8 @@ class SelfAttention(nn.Module):
         self.layer_id = layer_id
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
-        self.query_key_value = nn.Linear(config.hidden_size, 3 * config.hidden_size)
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.query_key_value = Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dense = Linear(config.hidden_size, config.hidden_size)
 
     def forward(self, hidden_states, rotary, attention_mask, prefix_key=None, prefix_value=None, cache=None,
                 output_attentions=False):
@@ -153,7 +170,10 @@ class SelfAttention(nn.Module):
             context, probs = self.layer_scaled_attention(q, k, v, attention_mask)
         else:
             # Same numbers as the layer-scaled form: the scaling cancels out of the softmax.
-            context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.head_dim**-0.5)
+            if cpu_kernels.takes_attention(q, k, v, attention_mask):  # a decoding step on CPU
+                context = cpu_kernels.attend(q, k, v, scale=self.head_dim**-0.5)
+            else:
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.head_dim**-0.5)
             probs = None
         context = context.transpose(1, 2).reshape(batch, seq, self.num_heads * self.head_dim)
         return self.dense(context), probs
@@ -175,8 +195,8 @@ class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.dense_h_to_4h = nn.Linear(config.hidden_size, config.inner_hidden_size)
-        self.dense_4h_to_h = nn.Linear(config.inner_hidden_size, config.hidden_size)
+        self.dense_h_to_4h = Linear(config.hidden_size, config.inner_hidden_size)
+        self.dense_4h_to_h = Linear(config.inner_hidden_size, config.hidden_size)
 
     def forward(self, x):
         return self.dense_4h_to_h(F.gelu(self.dense_h_to_4h(x), approximate="tanh"))
@@ -439,7 +459,7 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
     def __init__(self, config):
         super().__init__(config)
         self.transformer = ChatGLMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.quantization_bit and config.quantization_embeddings:
             self._quantize_embeddings(config.quantization_bit, empty=True)
         if self.generation_config.top_k is None:

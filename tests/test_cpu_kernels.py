@@ -1,0 +1,118 @@
+"""The C kernels of one CPU decoding step (chatglm/cpu_kernels.py) against torch's arithmetic."""
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, cpu_kernels
+from chatglm.quantization import QuantizedLinear
+
+
+def test_the_kernels_build_where_a_compiler_is_installed():
+    # without a compiler every product falls back to torch; this machine (and CI) has one
+    assert shutil.which("cc") or shutil.which("gcc")
+    assert cpu_kernels.library() is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+def test_matvec_equals_the_float64_product(dtype, x_dtype):
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(260, 4096, generator=generator).to(dtype)  # rows not a multiple of 16
+    x = torch.randn(1, 1, 4096, generator=generator).to(x_dtype)
+    assert cpu_kernels.takes_matvec(x, weight)
+    out = cpu_kernels.matvec(x, weight)
+    expected = x.double() @ weight.double().T
+    assert out.dtype == torch.float32 and out.shape == (1, 1, 260)
+    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-4)
+
+
+def test_int8_matvec_applies_the_fp16_row_scales():
+    layer = QuantizedLinear.from_weight(torch.randn(512, 2048, generator=torch.Generator().manual_seed(1)), 8)
+    x = torch.randn(1, 2048, generator=torch.Generator().manual_seed(2))
+    assert cpu_kernels.takes_matvec(x, layer.weight)
+    out = cpu_kernels.matvec(x, layer.weight, layer.weight_scale)
+    torch.testing.assert_close(out.double(), x.double() @ layer.dequantize(torch.float64).T, rtol=1e-5, atol=1e-4)
+
+
+def test_int8_layer_decodes_with_the_kernel_in_float32():
+    layer = QuantizedLinear.from_weight(torch.randn(512, 2048, generator=torch.Generator().manual_seed(1)), 8,
+                                        bias=torch.randn(512))
+    x = torch.randn(1, 1, 2048, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        out = layer(x)
+    expected = x.double() @ layer.dequantize(torch.float64).T + layer.bias.double()
+    # float32 activations: far closer than the bfloat16 ones of torch's weight-only kernel
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_products_the_kernels_do_not_take():
+    weight = torch.randn(256, 4096)
+    assert not cpu_kernels.takes_matvec(torch.randn(2, 4096), weight)  # two tokens
+    assert not cpu_kernels.takes_matvec(torch.randn(4096), torch.randn(64, 4096))  # cache-resident
+    assert not cpu_kernels.takes_matvec(torch.randn(4096), torch.randn(258, 4096))  # rows not by fours
+    assert not cpu_kernels.takes_matvec(torch.randn(4096), weight.T.contiguous().T)  # not contiguous
+    assert not cpu_kernels.takes_matvec(torch.randn(4096, requires_grad=True), weight)  # autograd records
+    with torch.no_grad():
+        assert cpu_kernels.takes_matvec(torch.randn(4096, requires_grad=True), weight)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_one_query_attention_over_a_cache_buffer_view(dtype):
+    generator = torch.Generator().manual_seed(3)
+    batch, heads, length, head_dim = 2, 8, 300, 128
+    buffer = torch.randn(2, batch, heads, 512, head_dim, generator=generator).to(dtype)
+    k, v = buffer[0, :, :, :length], buffer[1, :, :, :length]  # like the KV cache: a view with room to grow
+    q = torch.randn(batch, heads, 1, head_dim, generator=generator).to(dtype)
+    assert cpu_kernels.takes_attention(q, k, v, None)
+    out = cpu_kernels.attend(q, k, v, scale=head_dim**-0.5)
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=head_dim**-0.5)
+    assert out.dtype == dtype and out.shape == expected.shape
+    tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # the output is rounded to the cache's dtype
+    torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+def test_attention_the_kernels_do_not_take():
+    k = v = torch.randn(1, 8, 300, 128)
+    assert not cpu_kernels.takes_attention(torch.randn(1, 8, 2, 128), k, v, None)  # two queries
+    assert not cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), k, v, torch.ones(1, 1, 1, 300, dtype=bool))
+    short = torch.randn(1, 8, 16, 128)
+    assert not cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), short, short, None)  # cache-resident
+
+
+def wide_model():
+    """One block at a width the kernels take (1024 hidden, heads of 128), random weights."""
+    config = ChatGLMConfig(vocab_size=1024, hidden_size=1024, inner_hidden_size=4096, num_layers=1,
+                           num_attention_heads=8, max_sequence_length=512, bos_token_id=1003, eos_token_id=1004,
+                           mask_token_id=1000, gmask_token_id=1001, pad_token_id=3)
+    torch.manual_seed(0)
+    return ChatGLMForConditionalGeneration(config).eval()
+
+
+def greedy_scores(model, prompt):
+    with torch.no_grad():
+        out = model.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, output_scores=True,
+                             return_dict_in_generate=True)
+    return out.sequences, torch.stack(out.scores)
+
+
+def test_decoding_with_the_kernels_gives_torchs_logits(monkeypatch):
+    model = wide_model()
+    prompt = torch.cat((torch.randint(5, 1000, (1, 300), generator=torch.Generator().manual_seed(4)),
+                        torch.tensor([[1001, 1003]])), dim=1)  # long enough for the attention kernel
+    calls = []
+    for name in ("matvec", "attend"):
+        real = getattr(cpu_kernels, name)
+        counted = lambda *args, _real=real, _name=name, **kwargs: calls.append(_name) or _real(*args, **kwargs)  # noqa: E731
+        monkeypatch.setattr(cpu_kernels, name, counted)
+    sequences, scores = greedy_scores(model, prompt)
+    # five decoding steps, each with the block's four products, the LM head and one attention; and the
+    # prompt's LM head, which computes the last position's logits only
+    assert calls.count("matvec") == 5 * 5 + 1 and calls.count("attend") == 5
+
+    monkeypatch.setattr(cpu_kernels, "library", lambda: None)
+    torch_sequences, torch_scores = greedy_scores(model, prompt)
+    assert torch.equal(sequences, torch_sequences)
+    torch.testing.assert_close(scores, torch_scores, rtol=1e-4, atol=1e-4)
