@@ -18,8 +18,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
-from . import cpu_kernels
 from .configuration_chatglm import ChatGLMConfig
+from .cpu_kernels import attend, matvec, takes_attention, takes_matvec
 from .generation import chat, process_response, stream_chat, stream_generate
 from .positions import glm_position_ids
 from .quantization import quantize_embeddings, quantize_model
@@ -39,9 +39,9 @@ class Linear(nn.Linear):
     kernels of cpu_kernels; everything else is nn.Linear's."""
 
     def forward(self, x):
-        if not cpu_kernels.takes_matvec(x, self.weight):
+        if not takes_matvec(x, self.weight):
             return super().forward(x)
-        out = cpu_kernels.matvec(x, self.weight)
+        out = matvec(x, self.weight)
         if self.bias is not None:
             out += self.bias  # in float32, then rounded once, like F.linear
         return out.to(x.dtype)
@@ -170,8 +170,8 @@ class SelfAttention(nn.Module):
             context, probs = self.layer_scaled_attention(q, k, v, attention_mask)
         else:
             # Same numbers as the layer-scaled form: the scaling cancels out of the softmax.
-            if cpu_kernels.takes_attention(q, k, v, attention_mask):  # a decoding step on CPU
-                context = cpu_kernels.attend(q, k, v, scale=self.head_dim**-0.5)
+            if takes_attention(q, k, v, attention_mask):  # a decoding step on CPU
+                context = attend(q, k, v, scale=self.head_dim**-0.5)
             else:
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.head_dim**-0.5)
             probs = None

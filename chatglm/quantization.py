@@ -7,10 +7,11 @@ two per byte with byte j = (w[2j] << 4) | (w[2j+1] & 0xF).
 On CPU an INT8 layer decoding one token runs the C kernel of cpu_kernels (float32 activations, the fp16
 row scales applied inside). Otherwise every layer runs torch's weight-only kernels with bfloat16
 activations, whatever the model's dtype (with float32 activations the same kernels are about 20x
-slower), and applies the fp16 row scales to the kernel's output. INT4 weights are re-packed once into the layout of torch's CPU int4 kernel, so
-they stay at half a byte per weight; `state_dict()` writes them back in the original layout. For long
-prompts the integer weight is expanded into a reusable bfloat16 buffer and multiplied with `F.linear`,
-which beats both kernels there. On other devices the weight is dequantized just in time.
+slower), and applies the fp16 row scales to the kernel's output. INT4 weights are re-packed once into
+the layout of torch's CPU int4 kernel, so they stay at half a byte per weight; `state_dict()` writes
+them back in the original layout. For long prompts the integer weight is expanded into a reusable
+bfloat16 buffer and multiplied with `F.linear`, which beats both kernels there. On other devices the
+weight is dequantized just in time.
 """
 
 import functools
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_kernels
+from .cpu_kernels import matvec, takes_matvec
 
 SUPPORTED_BITS = (4, 8)
 BLOCK_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
@@ -285,8 +286,8 @@ class QuantizedLinear(QuantizedWeight):
         # model needs the input gradient), and off the CPU, the dequantized weight is used instead.
         if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return F.linear(x, self.dequantize(x.dtype), bias)
-        if self.bits == 8 and cpu_kernels.takes_matvec(x, self.weight):  # one token: float32 activations
-            out = cpu_kernels.matvec(x, self.weight, self.weight_scale).to(x.dtype)
+        if self.bits == 8 and takes_matvec(x, self.weight):  # one token: float32 activations
+            out = matvec(x, self.weight, self.weight_scale).to(x.dtype)
             return out if bias is None else out + bias
         tokens = x.reshape(-1, self.in_features).to(CPU_COMPUTE_DTYPE)  # [tokens, in]
         # one op: the product is computed in the wider of the two dtypes, then rounded to the model's

@@ -1,12 +1,15 @@
 """The C kernels of one CPU decoding step (chatglm/cpu_kernels.py) against torch's arithmetic."""
 
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, cpu_kernels
+from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, cpu_kernels, modeling_chatglm
 from chatglm.quantization import QuantizedLinear
 
 
@@ -22,6 +25,8 @@ def test_matvec_equals_the_float64_product(dtype, x_dtype):
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(260, 4096, generator=generator).to(dtype)  # rows not a multiple of 16
     x = torch.randn(1, 1, 4096, generator=generator).to(x_dtype)
+    if dtype == torch.bfloat16:  # a bfloat16 weight may round x to bfloat16 (as in a bfloat16 model)
+        x = x.to(torch.bfloat16)
     assert cpu_kernels.takes_matvec(x, weight)
     out = cpu_kernels.matvec(x, weight)
     expected = x.double() @ weight.double().T
@@ -103,10 +108,10 @@ def test_decoding_with_the_kernels_gives_torchs_logits(monkeypatch):
     prompt = torch.cat((torch.randint(5, 1000, (1, 300), generator=torch.Generator().manual_seed(4)),
                         torch.tensor([[1001, 1003]])), dim=1)  # long enough for the attention kernel
     calls = []
-    for name in ("matvec", "attend"):
-        real = getattr(cpu_kernels, name)
+    for module, name in ((modeling_chatglm, "matvec"), (modeling_chatglm, "attend")):
+        real = getattr(module, name)
         counted = lambda *args, _real=real, _name=name, **kwargs: calls.append(_name) or _real(*args, **kwargs)  # noqa: E731
-        monkeypatch.setattr(cpu_kernels, name, counted)
+        monkeypatch.setattr(module, name, counted)
     sequences, scores = greedy_scores(model, prompt)
     # five decoding steps, each with the block's four products, the LM head and one attention; and the
     # prompt's LM head, which computes the last position's logits only
@@ -116,3 +121,17 @@ def test_decoding_with_the_kernels_gives_torchs_logits(monkeypatch):
     torch_sequences, torch_scores = greedy_scores(model, prompt)
     assert torch.equal(sequences, torch_sequences)
     torch.testing.assert_close(scores, torch_scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("march", ["haswell", "skylake-avx512"])
+def test_the_builds_for_other_cpus_compute_the_same(march, tmp_path):
+    """This machine's build uses AVX-512 with bfloat16 dot products; CPUs with AVX2 only (haswell) or
+    AVX-512 without bfloat16 (skylake-avx512) get other code paths, checked here in a fresh process."""
+    env = {**os.environ, "CHATGLM_CPU_KERNELS_MARCH": march, "XDG_CACHE_HOME": str(tmp_path)}
+    tests = [f"{__file__}::{name}" for name in ("test_matvec_equals_the_float64_product",
+                                                "test_int8_matvec_applies_the_fp16_row_scales",
+                                                "test_one_query_attention_over_a_cache_buffer_view")]
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert list((tmp_path / "chatglm" / "cpu_kernels").glob("*.so"))  # built for `march`, not taken from a cache
