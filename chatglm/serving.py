@@ -188,27 +188,34 @@ def sample_next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: t
                        top_k: torch.Tensor) -> torch.Tensor:
     """One token per row of ``logits`` [batch, vocab] (fp32), each row with its own settings [batch]:
     temperature 0 = greedy (argmax), else temperature, then top-k (0 = off), then top-p (nucleus) sampling."""
-    # a row with NaN/inf scores picks token 5, as the original's InvalidScoreLogitsProcessor does
-    invalid = ~torch.isfinite(logits).all(dim=-1)
+    # a row with NaN/inf scores picks token 5, as the original's InvalidScoreLogitsProcessor does;
+    # 0 * score is 0 when the score is finite and NaN otherwise: one sum per row finds them (isfinite().all()
+    # took 7x as long, a tenth of a batch-8 step's sampling)
+    invalid = (logits * 0).sum(dim=-1).isnan()
     if invalid.any():
         logits[invalid] = 0.0
         logits[invalid, 5] = 5e4
-    tokens = logits.argmax(dim=-1)
     sampled = temperature > 0
     if not sampled.any():
-        return tokens
+        return logits.argmax(dim=-1)
+    every_row = bool(sampled.all())  # then neither the argmax nor the row selections are needed
+    scores = logits
+    if not every_row:
+        scores, temperature, top_p, top_k = logits[sampled], temperature[sampled], top_p[sampled], top_k[sampled]
     vocab = logits.shape[-1]
     top_k = torch.where(top_k > 0, top_k.clamp(max=vocab), vocab)
-    scores = logits[sampled] / temperature[sampled, None]
-    values, indices = scores.topk(int(top_k[sampled].max()), dim=-1)  # sorted, highest first
+    values, indices = (scores / temperature[:, None]).topk(int(top_k.max()), dim=-1)  # sorted, highest first
     rank = torch.arange(values.shape[-1], device=values.device)
-    keep = rank < top_k[sampled, None]
+    keep = rank < top_k[:, None]
     probs = F.softmax(values.masked_fill(~keep, float("-inf")), dim=-1)
     # nucleus: keep a token while the mass of the tokens ranked above it is below top_p (the first always)
-    keep &= (probs.cumsum(dim=-1) - probs < top_p[sampled, None]) | (rank == 0)
+    keep &= (probs.cumsum(dim=-1) - probs < top_p[:, None]) | (rank == 0)
     probs = probs.masked_fill(~keep, 0.0)
-    choice = torch.multinomial(probs, num_samples=1)
-    tokens[sampled] = indices.gather(-1, choice).squeeze(-1)
+    chosen = indices.gather(-1, torch.multinomial(probs, num_samples=1)).squeeze(-1)
+    if every_row:
+        return chosen
+    tokens = logits.argmax(dim=-1)
+    tokens[sampled] = chosen
     return tokens
 
 
