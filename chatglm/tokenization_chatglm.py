@@ -164,9 +164,10 @@ class ChatGLMTokenizer(PreTrainedTokenizer):
         if skip_special_tokens:
             dropped.update(self.all_special_ids)
         ids = [i for i in token_ids if i not in dropped]
-        for i in ids:
-            if not 0 <= i < self.vocab_size:
-                raise IndexError(f"token id {i} is out of range for this tokenizer (vocabulary size {self.vocab_size})")
+        vocab_size = self.vocab_size  # a property calling into SentencePiece: once, not once per id
+        if ids and not 0 <= min(ids) <= max(ids) < vocab_size:
+            bad = next(i for i in ids if not 0 <= i < vocab_size)
+            raise IndexError(f"token id {bad} is out of range for this tokenizer (vocabulary size {vocab_size})")
         text = self.sp.decode([i - self.num_image_tokens for i in ids if i >= self.num_image_tokens])
         text = decode_whitespace(text)
         if clean_up_tokenization_spaces is None:
