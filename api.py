@@ -20,6 +20,7 @@ import os
 from chatglm.cli import add_model_args, add_server_args, bounded, run_script
 from chatglm.loader import load_model_and_tokenizer
 from chatglm.server import ServerSettings, create_app
+from chatglm.serving import default_engine_threads
 
 # how long a SIGTERM waits for the answers being generated before it cancels them
 GRACEFUL_SHUTDOWN_SECONDS = 5
@@ -57,12 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "side needs a core of its own, and generation threads sharing a core with it stall "
                              "at every step)")
     return parser
-
-
-def default_engine_threads() -> int:
-    import torch
-
-    return max(1, torch.get_num_threads() - 1)
 
 
 def main(argv=None) -> None:

@@ -3,11 +3,14 @@
 For each client count, that many clients each send --requests streamed chat completions one after another
 (``POST /v1/chat/completions``, ``stream: true``) and the script reports requests/s, generated tokens/s, time
 to first token and request latency (p50 / p99). Answers have a fixed length (``ignore_eos``) so that every
-level generates the same work per request.
+level generates the same work per request. ``--engine-only`` hands the same requests (same prompts and
+sampling settings) straight to the batching engine in this process, without HTTP: the most the server
+could reach with this model on this machine.
 
     python benchmarks/serve_bench.py                            # starts api.py on the demo model
     python benchmarks/serve_bench.py --clients 1 8 32 --requests 4 --max-tokens 128
     python benchmarks/serve_bench.py --url http://127.0.0.1:8000 --api-key KEY   # a server already running
+    python benchmarks/serve_bench.py --engine-only              # no HTTP: the engine's own throughput
 """
 
 import argparse
@@ -17,10 +20,15 @@ import os
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import httpx
+
+from chatglm.generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, prompt_ids
+from chatglm.loader import load_model_and_tokenizer
+from chatglm.serving import Engine, Sequence, default_engine_threads
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办", "Write a haiku about the sea", "介绍一下北京",
            "1+1等于几？请详细解释一下你的计算过程", "什么是机器学习", "讲个笑话", "如何学习编程"]
@@ -63,6 +71,38 @@ async def run_level(url, headers, clients, requests, max_tokens):
         started = time.perf_counter()
         results = [r for rs in await asyncio.gather(*(one_client(i) for i in range(clients))) for r in rs]
         elapsed = time.perf_counter() - started
+    return table_row(clients, results, elapsed)
+
+
+def run_engine_level(engine, tokenizer, clients, requests, max_tokens):
+    """The same requests as run_level, each client a thread submitting to ``engine`` and waiting for the end;
+    sampling settings are the server's defaults for a request that names none."""
+    model = engine.model
+    top_k = model.generation_config.top_k or 0
+    results = []
+
+    def one_client(index):
+        for i in range(requests):
+            started = time.perf_counter()
+            ids = prompt_ids(tokenizer, PROMPTS[(index + i) % len(PROMPTS)], [], model.config.max_sequence_length)
+            sequence = Sequence(ids, max_tokens, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, top_k=top_k,
+                                ignore_eos=True)
+            engine.submit(sequence)
+            sequence.done.wait()
+            results.append((sequence.first_token_at - started, time.perf_counter() - started,
+                            len(sequence.output_ids)))
+
+    threads = [threading.Thread(target=one_client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return table_row(clients, results, time.perf_counter() - started)
+
+
+def table_row(clients, results, elapsed):
+    """One level's figures from its (seconds to first token, seconds, generated tokens) per request."""
     firsts = [r[0] for r in results]
     latencies = [r[1] for r in results]
     return {"clients": clients, "requests": len(results), "seconds": elapsed,
@@ -93,9 +133,34 @@ def start_server(args):
     sys.exit("error: api.py did not answer /health within 2 minutes")
 
 
+def run_all_levels(args):
+    """The table's rows: a warm-up request, then every client count in turn."""
+    if args.engine_only:
+        tokenizer, model = load_model_and_tokenizer(model=args.model, device="cpu")
+        engine = Engine(model, max_batch_size=max(args.clients), threads=default_engine_threads()).start()
+        try:
+            run_engine_level(engine, tokenizer, 1, 1, 8)  # warm-up
+            return [run_engine_level(engine, tokenizer, clients, args.requests, args.max_tokens)
+                    for clients in args.clients]
+        finally:
+            engine.stop()
+    server, url = (None, args.url.rstrip("/")) if args.url else start_server(args)
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    try:
+        asyncio.run(run_level(url, headers, 1, 1, 8))  # warm-up
+        return [asyncio.run(run_level(url, headers, clients, args.requests, args.max_tokens))
+                for clients in args.clients]
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--url", help="benchmark this running server instead of starting api.py")
+    parser.add_argument("--engine-only", action="store_true",
+                        help="no HTTP: send the requests straight to a batching engine in this process (CPU)")
     parser.add_argument("--api-key", default=os.environ.get("CHATGLM_API_KEY"), help="the server's key, if any")
     parser.add_argument("--model", help="model for the started api.py (default: the bundled demo checkpoint)")
     parser.add_argument("--port", type=int, default=8765, help="port of the started api.py (default: 8765)")
@@ -104,20 +169,13 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer (default: 128)")
     parser.add_argument("--json", action="store_true", help="also print the rows as JSON lines")
     args = parser.parse_args()
+    if args.engine_only and args.url:
+        parser.error("--engine-only measures the engine in this process; leave out --url")
 
-    server, url = (None, args.url.rstrip("/")) if args.url else start_server(args)
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
-    try:
-        asyncio.run(run_level(url, headers, 1, 1, 8))  # warm-up
-        rows = [asyncio.run(run_level(url, headers, clients, args.requests, args.max_tokens))
-                for clients in args.clients]
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-
+    rows = run_all_levels(args)
     base = rows[0]["tokens_per_s"]
-    print(f"{args.requests} requests per client, {args.max_tokens} tokens per answer, streamed")
+    how = "straight to the engine, no HTTP" if args.engine_only else "streamed"
+    print(f"{args.requests} requests per client, {args.max_tokens} tokens per answer, {how}")
     print("| clients | requests | requests/s | generated tokens/s | vs first row | TTFT p50 / p99 (ms) "
           "| latency p50 / p99 (s) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

@@ -219,6 +219,13 @@ def sample_next_tokens(logits: torch.Tensor, temperature: torch.Tensor, top_p: t
     return tokens
 
 
+def default_engine_threads() -> int:
+    """CPU threads an engine computes with by default: all cores but one, which the HTTP side (JSON,
+    detokenizing, streams of events) needs for itself; generation threads sharing a core with it stall at
+    every step."""
+    return max(1, torch.get_num_threads() - 1)
+
+
 class Engine:
     """Runs every submitted Sequence to its end on one background thread, batching them together.
 
