@@ -296,10 +296,11 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
 
     # --- GLM positions and masks ---
 
-    def _special_positions(self, input_ids, check=True):
+    def special_positions(self, input_ids, check=True):
         """Per row: the index of the first <sop> (the context length), the index of the mask token, and
         whether that mask token is [gMASK]. The model prefers [gMASK] over [MASK] (the tokenizer the other
-        way round). ``check=False`` skips the checks that both exist (each waits for the device)."""
+        way round). ``check=False`` skips the checks that both exist (each waits for the device). Code that
+        builds its own decoding positions (chatglm.serving's batches) starts from these."""
         config = self.config
         has_sop = (input_ids == config.bos_token_id).any(dim=1)
         if check and not has_sop.all():
@@ -325,7 +326,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         With a left-padding mask the positions start after the padding; without one, padding counts as
         context."""
         # a decoding step's ids were checked with the prompt
-        context_lengths, mask_positions, use_gmask = self._special_positions(input_ids, check=past_length == 0)
+        context_lengths, mask_positions, use_gmask = self.special_positions(input_ids, check=past_length == 0)
         pads = None if padding_mask is None else (padding_mask[:, -input_ids.shape[1] :] == 0).sum(dim=1)
         # The original's 1-D prompts keep counting past a [gMASK]; its cached decoding steps do not.
         counting = use_gmask if not self.config.position_encoding_2d and past_length == 0 else None
@@ -345,7 +346,7 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         key = torch.arange(past_length + seq, device=device)[None, :]
         allowed = (key <= query).expand(batch, seq, past_length + seq)
         if past_length == 0:
-            context_lengths = self._special_positions(input_ids)[0]
+            context_lengths = self.special_positions(input_ids)[0]
             allowed = allowed | (key < context_lengths[:, None, None])
         if padding_mask is not None:
             padding_mask = padding_mask[:, -(past_length + seq) :].bool()

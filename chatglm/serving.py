@@ -363,7 +363,7 @@ class Engine:
         model = self.model
         try:
             ids = torch.tensor([sequence.prompt_ids], device=model.device)  # [1, prompt]
-            context_length, mask_position, _ = model.transformer._special_positions(ids)
+            context_length, mask_position, _ = model.transformer.special_positions(ids)
             cache = BatchKVCache()
             logits = model(ids, position_ids=model.transformer.get_position_ids(ids), cache=cache,
                            use_cache=True).logits[:, -1].float()
