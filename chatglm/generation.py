@@ -34,8 +34,14 @@ def process_response(response):
     `, ! : ; ?` next to a CJK character full-width. The original does that with two substitutions per mark;
     one pass that looks around each mark gives the same text (a substitution never creates or removes a CJK
     character) in a quarter of the time, which matters to servers cleaning every streamed token."""
-    response = response.strip().replace("[[训练时间]]", "2023年")
-    return _MARK_BESIDE_CJK.sub(lambda mark: _FULL_WIDTH[mark.group()], response)
+    return clean_inside(response.strip())
+
+
+def clean_inside(text):
+    """process_response without the strip. It never looks across a newline (the placeholder holds none, and a
+    mark changes only beside a CJK character), so text split at newlines can be cleaned piece by piece; and
+    it commutes with the strip (it neither adds nor removes whitespace)."""
+    return _MARK_BESIDE_CJK.sub(lambda mark: _FULL_WIDTH[mark.group()], text.replace("[[训练时间]]", "2023年"))
 
 
 def format_rounds(query, history):

@@ -31,7 +31,7 @@ from collections.abc import Sequence as Seq
 import torch
 import torch.nn.functional as F
 
-from .generation import process_response
+from .generation import clean_inside
 from .positions import glm_position_ids
 
 logger = logging.getLogger("chatglm.serving")
@@ -472,10 +472,13 @@ class TextStream:
     """Turns the growing list of generated ids of one answer into text pieces that add up to the final
     answer exactly as ``model.chat`` returns it (decoded, then cleaned by ``process_response``).
 
-    Each update decodes all ids and cleans the whole text, then holds back its tail while that could still
-    change: an incomplete UTF-8 character, a half-width mark that becomes full-width if a CJK character
-    follows, the start of the training-date placeholder or of a stop string, and the start of a tokenizer
-    space clean-up. ``stop`` strings end the answer before their first occurrence.
+    Each update decodes and cleans the ids from the last newline token on (the lines before it were decoded
+    and cleaned once: text split just before a newline decodes and cleans the same piece by piece as whole,
+    see ``clean_inside``), so an update costs the length of the current line, not of the whole answer. It
+    then holds back the tail while that could still change: an incomplete UTF-8 character, a half-width
+    mark that becomes full-width if a CJK character follows, the start of the training-date placeholder or
+    of a stop string, and the start of a tokenizer space clean-up. ``stop`` strings end the answer before
+    their first occurrence.
     """
 
     def __init__(self, tokenizer, stop: Seq[str] = ()):
@@ -483,9 +486,15 @@ class TextStream:
         self.stop = [s for s in stop if s]
         self.text = ""  # what has been handed out so far
         self.stopped = False  # a stop string was found
+        newline = tokenizer.convert_tokens_to_ids("<n>")
+        self.newline_id = newline if tokenizer.decode([newline]) == "\n" else None  # None: decode everything
+        self.lines_end = 0  # ids[:lines_end] (up to just before a newline token) are decoded in lines_text
+        self.lines_text = ""
+        self.scanned = 0  # ids[:scanned] were searched for newline tokens
 
     def update(self, ids: Seq[int]) -> str:
-        """The new piece of text after ``ids`` (all ids so far); sets ``stopped`` at a stop string."""
+        """The new piece of text after ``ids`` (all ids so far, each call extending the last); sets
+        ``stopped`` at a stop string."""
         text = self._clean(ids)
         return self._advance(text if self.stopped else self._stable_part(text))
 
@@ -497,12 +506,23 @@ class TextStream:
         return piece
 
     def _clean(self, ids):
-        text = process_response(self.tokenizer.decode(list(ids)))
+        last_newline = self.lines_end
+        for index in range(self.scanned, len(ids)):
+            if ids[index] == self.newline_id:
+                last_newline = index
+        self.scanned = len(ids)
+        if last_newline > self.lines_end:
+            self.lines_text += self._decode(ids[self.lines_end:last_newline])
+            self.lines_end = last_newline
+        text = (self.lines_text + self._decode(ids[self.lines_end:])).strip()  # = process_response(decode(ids))
         cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
         if cut >= 0:
             self.stopped = True
             return text[:cut]
         return text
+
+    def _decode(self, ids) -> str:
+        return clean_inside(self.tokenizer.decode(list(ids)))
 
     def _advance(self, text: str) -> str:
         if not text.startswith(self.text):  # cannot take back what was sent; should not happen

@@ -1,5 +1,6 @@
 """The batching engine (chatglm.serving) in this process, on the real demo (or tiny) checkpoint."""
 
+import random
 import time
 
 import pytest
@@ -127,6 +128,22 @@ def test_text_stream_pieces_add_up_to_the_cleaned_answer(door_model):
             assert expected.startswith("".join(pieces)), (raw, pieces)
         pieces.append(text.finish(ids))
         assert "".join(pieces) == expected == text.text, raw
+
+
+def test_text_stream_decodes_line_by_line_as_a_whole(door_model):
+    # the lines before the last newline token are decoded once; random answers full of newline tokens, raw
+    # bytes, blanks and punctuation must still come out as the whole answer decoded at once
+    tokenizer, _ = door_model
+    newline = tokenizer.convert_tokens_to_ids("<n>")
+    rng = random.Random(0)
+    for _ in range(200):
+        length = rng.randint(1, 40)
+        ids = [newline if rng.random() < 0.2 else rng.randrange(tokenizer.vocab_size) for _ in range(length)]
+        text = TextStream(tokenizer)
+        for end in range(1, len(ids) + 1):
+            text.update(ids[:end])
+        text.finish(ids)
+        assert text.text == process_response(tokenizer.decode(ids)), ids
 
 
 def test_text_stream_holds_back_what_may_still_change(door_model):
