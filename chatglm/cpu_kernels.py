@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 # Below these sizes the data is cache-resident, a step's time is dispatch, and torch is as fast.
 MIN_WEIGHT_VALUES = 1 << 20
 MIN_CACHE_VALUES = 1 << 18
-# Rows are taken four at a time (sharing each load of x); K and the head size in whole AVX-512 vectors.
-ROW_MULTIPLE, K_MULTIPLE, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM = 4, 64, 16, 256
+# Rows are taken four at a time (sharing each load of x); K in whole INT8 blocks, the head size in whole
+# AVX-512 vectors.
+ROW_MULTIPLE, K_MULTIPLE, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM = 4, 128, 16, 256
 
 SOURCE = r"""
 #include <immintrin.h>
@@ -50,12 +51,20 @@ static inline vf v_bf16(const uint16_t *p) {  /* bfloat16 is the top half of a f
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)p)), 16));
 }
 static inline vf v_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
-static inline vf v_i8(const int8_t *p) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)p)));
-}
 static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline float v_sum(vf a) { return _mm512_reduce_add_ps(a); }
+#define IL 32  /* int16 lanes */
+typedef __m512i vi;
+static inline vi i_zero(void) { return _mm512_setzero_si512(); }
+static inline vi i_i16(const int16_t *p) { return _mm512_loadu_si512(p); }
+static inline vi i_i8(const int8_t *p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p)); }
+static inline vf i_float(vi a) { return _mm512_cvtepi32_ps(a); }
+#if defined(__AVX512VNNI__)
+static inline vi i_dot_add(vi acc, vi a, vi b) { return _mm512_dpwssd_epi32(acc, a, b); }
+#else
+static inline vi i_dot_add(vi acc, vi a, vi b) { return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b)); }
+#endif
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define VL 8
 typedef __m256 vf;
@@ -67,9 +76,6 @@ static inline vf v_bf16(const uint16_t *p) {
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
 }
 static inline vf v_f16(const uint16_t *p) { return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)); }
-static inline vf v_i8(const int8_t *p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
-}
 static inline vf v_fma(vf a, vf b, vf c) { return _mm256_fmadd_ps(a, b, c); }
 static inline vf v_add(vf a, vf b) { return _mm256_add_ps(a, b); }
 static inline float v_sum(vf a) {
@@ -77,6 +83,13 @@ static inline float v_sum(vf a) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
+#define IL 16
+typedef __m256i vi;
+static inline vi i_zero(void) { return _mm256_setzero_si256(); }
+static inline vi i_i16(const int16_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline vi i_i8(const int8_t *p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p)); }
+static inline vf i_float(vi a) { return _mm256_cvtepi32_ps(a); }
+static inline vi i_dot_add(vi acc, vi a, vi b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
 #else
 #error "the CPU kernels need AVX2, FMA and F16C, or AVX-512"
 #endif
@@ -99,7 +112,6 @@ static inline void NAME(const float *x, const T *w, int64_t K, const uint16_t *s
 DOT4(dot4_f32, float, v_f32)
 DOT4(dot4_bf16, uint16_t, v_bf16)
 DOT4(dot4_f16, uint16_t, v_f16)
-DOT4(dot4_i8, int8_t, v_i8)
 
 /* y[N] = x[K] @ w[N, K]^T (times scale[N], fp16, when given). N a multiple of 4, K of 4 * VL. */
 #define MATVEC(NAME, T, DOT4_FN)                                                                         \
@@ -136,7 +148,47 @@ void matvec_bf16(const float *x, const uint16_t *w, const uint16_t *scale, float
 MATVEC(matvec_bf16, uint16_t, dot4_bf16)
 #endif
 MATVEC(matvec_f16, uint16_t, dot4_f16)
-MATVEC(matvec_i8, int8_t, dot4_i8)
+
+/* INT8 weights: x is rounded to int16 in blocks of I8_BLOCK values, each with its own step (its largest
+   |value| / 32767: an outlier coarsens only its own block), so the products are integer multiply-adds,
+   a third of the instructions of widening every weight to float; each block's int32 sums (at most
+   I8_BLOCK * 127 * 32767, no overflow) are scaled into float accumulators. */
+#define I8_BLOCK 128
+void matvec_i8(const float *x, const int8_t *w, const uint16_t *scale, float *y, int64_t N, int64_t K,
+               int threads) {
+    int16_t *xq = malloc(K * sizeof(int16_t));
+    float *steps = malloc(K / I8_BLOCK * sizeof(float));
+    for (int64_t b = 0; b < K / I8_BLOCK; b++) {
+        const float *xb = x + b * I8_BLOCK;
+        float top = 0;
+        int finite = 1;
+        for (int k = 0; k < I8_BLOCK; k++) top = fmaxf(top, fabsf(xb[k])), finite &= isfinite(xb[k]);
+        steps[b] = finite ? (top > 0 ? top / 32767 : 1) : NAN;  /* inf or NaN in x: NaN out */
+        for (int k = 0; k < I8_BLOCK; k++) xq[b * I8_BLOCK + k] = finite ? (int16_t)lrintf(xb[k] / steps[b]) : 0;
+    }
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N; n += 4) {
+        const int8_t *row = w + n * K;
+        vf f0 = v_zero(), f1 = f0, f2 = f0, f3 = f0;
+        for (int64_t k0 = 0; k0 < K; k0 += I8_BLOCK) {
+            vi a0 = i_zero(), a1 = a0, a2 = a0, a3 = a0;
+            for (int64_t k = k0; k < k0 + I8_BLOCK; k += IL) {
+                vi xv = i_i16(xq + k);
+                a0 = i_dot_add(a0, i_i8(row + k), xv);
+                a1 = i_dot_add(a1, i_i8(row + K + k), xv);
+                a2 = i_dot_add(a2, i_i8(row + 2 * K + k), xv);
+                a3 = i_dot_add(a3, i_i8(row + 3 * K + k), xv);
+            }
+            vf step = v_set(steps[k0 / I8_BLOCK]);
+            f0 = v_fma(i_float(a0), step, f0), f1 = v_fma(i_float(a1), step, f1);
+            f2 = v_fma(i_float(a2), step, f2), f3 = v_fma(i_float(a3), step, f3);
+        }
+        float sums[4] = {v_sum(f0), v_sum(f1), v_sum(f2), v_sum(f3)};
+        for (int r = 0; r < 4; r++) y[n + r] = scale ? sums[r] * _cvtsh_ss(scale[n + r]) : sums[r];
+    }
+    free(steps);
+    free(xq);
+}
 
 /* One query per (batch, head) over L cached positions: out = softmax(scale * q.k_j) @ v, in float32.
    k and v are [batch, heads, L, D] with rows of D contiguous and the given batch and head strides
