@@ -11,6 +11,9 @@ resident set (load included); weights read per token = the bytes of every weight
     python benchmarks/benchmark.py --model CHECKPOINT                        # ours, all configurations
     python benchmarks/benchmark.py --model CHECKPOINT --cpp-python CPP_VENV/bin/python --passes 2
     python benchmarks/benchmark.py --model CHECKPOINT --configs int4 cli-int4 --load-only   # memory only
+    python benchmarks/benchmark.py --model CHECKPOINT --configs bf16 bf16-torch   # C kernels on and off
+
+A configuration ending in -torch is the same with chatglm/cpu_kernels.py turned off (CHATGLM_CPU_KERNELS=0).
 
 CHECKPOINT is a ChatGLM-6B-shaped folder (the perf README's "mid" model, or one written by
 benchmarks/random_checkpoint.py). chatglm.cpp runs when --cpp-python names a python where chatglm_cpp
@@ -39,6 +42,9 @@ OURS = {
     "cli-int4": "--quantize 4 --device cpu (cli_demo.py defaults: float32, quantized while loading)",
     "cli-int8": "--quantize 8 --device cpu",
 }
+# the same, with chatglm/cpu_kernels.py turned off (CHATGLM_CPU_KERNELS=0): torch's kernels only
+TORCH_ONLY = "-torch"
+OURS.update({name + TORCH_ONLY: f"{how}, CHATGLM_CPU_KERNELS=0" for name, how in list(OURS.items())})
 CPP = {"cpp-q4_0": "chatglm.cpp 0.4.2, q4_0", "cpp-q8_0": "chatglm.cpp 0.4.2, q8_0"}
 DEFAULT_CONFIGS = ["fp32", "bf16", "int8", "int4", "int4-qe", "recipe-int4", "cli-int4", "cpp-q4_0", "cpp-q8_0"]
 PREFILL_TOKENS, DECODE_CONTEXTS, NEW_TOKENS = 512, (16, 1024), 65
@@ -67,6 +73,8 @@ def load_ours(name, path):
     import torch
 
     from chatglm import ChatGLMForConditionalGeneration as Model
+
+    name = name.removesuffix(TORCH_ONLY)  # the parent turned the C kernels off in this process's environment
 
     if name == "fp32":
         return Model.from_pretrained(path, dtype=torch.float32)
@@ -219,8 +227,8 @@ def read_bandwidth(threads):
 # --- the driver -----------------------------------------------------------------------------------
 
 
-def run_child(python, arguments, threads, timeout=1800):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+def run_child(python, arguments, threads, timeout=1800, **environment):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), **environment)
     result = subprocess.run([python, __file__, *arguments], capture_output=True, text=True, env=env,
                             timeout=timeout)
     if result.returncode != 0:
@@ -247,7 +255,8 @@ def measure(args, name):
     else:
         arguments = ["--child", name, "--model", args.model, "--threads", str(args.threads)]
         python = sys.executable
-    return run_child(python, arguments + (["--load-only"] if args.load_only else []), args.threads)
+    environment = {"CHATGLM_CPU_KERNELS": "0"} if name.endswith(TORCH_ONLY) else {}
+    return run_child(python, arguments + (["--load-only"] if args.load_only else []), args.threads, **environment)
 
 
 def best(results):
