@@ -38,6 +38,7 @@ OURS = {
     "int8": "from_pretrained(path, dtype=torch.bfloat16, quantization_bit=8)",
     "int4": "from_pretrained(path, dtype=torch.bfloat16, quantization_bit=4)",
     "int4-qe": "from_pretrained(path, dtype=torch.bfloat16, quantization_bit=4, quantize_embeddings=True)",
+    "int8-qe": "from_pretrained(path, dtype=torch.bfloat16, quantization_bit=8, quantize_embeddings=True)",
     "recipe-int4": "AutoModel.from_pretrained(path).float().quantize(4) (the original README's CPU recipe)",
     "cli-int4": "--quantize 4 --device cpu (cli_demo.py defaults: float32, quantized while loading)",
     "cli-int8": "--quantize 8 --device cpu",
@@ -82,8 +83,9 @@ def load_ours(name, path):
         return Model.from_pretrained(path, dtype=torch.bfloat16)
     if name in ("int8", "int4"):
         return Model.from_pretrained(path, dtype=torch.bfloat16, quantization_bit=int(name[3:]))
-    if name == "int4-qe":
-        return Model.from_pretrained(path, dtype=torch.bfloat16, quantization_bit=4, quantize_embeddings=True)
+    if name in ("int4-qe", "int8-qe"):
+        bits = int(name[3])
+        return Model.from_pretrained(path, dtype=torch.bfloat16, quantization_bit=bits, quantize_embeddings=True)
     if name == "recipe-int4":
         from transformers import AutoModel
 
