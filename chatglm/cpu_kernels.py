@@ -94,10 +94,10 @@ static inline vi i_dot_add(vi acc, vi a, vi b) { return _mm256_add_epi32(acc, _m
 #error "the CPU kernels need AVX2, FMA and F16C, or AVX-512"
 #endif
 
-/* y[n] = scale[n] * sum_k x[k] * w[n, k] for n in [n0, n0 + 4): the four rows share each load of x,
-   so a long x (K = 16384 floats is more than L1) is read from cache once per four rows. */
+/* y[r] = sum_k x[k] * w[r, k] for four rows r: they share each load of x, so a long x (K = 16384 floats
+   is more than L1) is read from cache once per four rows. */
 #define DOT4(NAME, T, LOAD)                                                                              \
-static inline void NAME(const float *x, const T *w, int64_t K, const uint16_t *scale, float *y) {        \
+static inline void NAME(const float *x, const T *w, int64_t K, float *y) {                               \
     vf a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();                                      \
     for (int64_t k = 0; k < K; k += VL) {                                                               \
         vf xv = v_f32(x + k);                                                                           \
@@ -106,25 +106,23 @@ static inline void NAME(const float *x, const T *w, int64_t K, const uint16_t *s
         a2 = v_fma(xv, LOAD(w + 2 * K + k), a2);                                                        \
         a3 = v_fma(xv, LOAD(w + 3 * K + k), a3);                                                        \
     }                                                                                                   \
-    float sums[4] = {v_sum(a0), v_sum(a1), v_sum(a2), v_sum(a3)};                                       \
-    for (int r = 0; r < 4; r++) y[r] = scale ? sums[r] * _cvtsh_ss(scale[r]) : sums[r];                  \
+    y[0] = v_sum(a0), y[1] = v_sum(a1), y[2] = v_sum(a2), y[3] = v_sum(a3);                              \
 }
 DOT4(dot4_f32, float, v_f32)
 DOT4(dot4_bf16, uint16_t, v_bf16)
 DOT4(dot4_f16, uint16_t, v_f16)
 
-/* y[N] = x[K] @ w[N, K]^T (times scale[N], fp16, when given). N a multiple of 4, K of 4 * VL. */
+/* y[N] = x[K] @ w[N, K]^T for a float weight. N a multiple of 4, K of VL. */
 #define MATVEC(NAME, T, DOT4_FN)                                                                         \
-void NAME(const float *x, const T *w, const uint16_t *scale, float *y, int64_t N, int64_t K, int threads) { \
+void NAME(const float *x, const T *w, float *y, int64_t N, int64_t K, int threads) {                     \
     _Pragma("omp parallel for schedule(static) num_threads(threads)")                                   \
-    for (int64_t n = 0; n < N; n += 4) DOT4_FN(x, w + n * K, K, scale ? scale + n : 0, y + n);           \
+    for (int64_t n = 0; n < N; n += 4) DOT4_FN(x, w + n * K, K, y + n);                                  \
 }
 MATVEC(matvec_f32, float, dot4_f32)
 #if defined(__AVX512BF16__)
 /* bfloat16 weights: x is rounded to bfloat16 once (it already is in a bfloat16 model), then each
    instruction multiplies 32 pairs exactly and adds them in float32; a third of the work of widening. */
-void matvec_bf16(const float *x, const uint16_t *w, const uint16_t *scale, float *y, int64_t N, int64_t K,
-                 int threads) {
+void matvec_bf16(const float *x, const uint16_t *w, float *y, int64_t N, int64_t K, int threads) {
     uint16_t *xb = malloc(K * sizeof(uint16_t));
     for (int64_t k = 0; k < K; k += 16)
         _mm256_storeu_si256((__m256i *)(xb + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + k)));
@@ -139,8 +137,7 @@ void matvec_bf16(const float *x, const uint16_t *w, const uint16_t *scale, float
             a2 = _mm512_dpbf16_ps(a2, xv, (__m512bh)_mm512_loadu_si512(row + 2 * K + k));
             a3 = _mm512_dpbf16_ps(a3, xv, (__m512bh)_mm512_loadu_si512(row + 3 * K + k));
         }
-        float sums[4] = {v_sum(a0), v_sum(a1), v_sum(a2), v_sum(a3)};
-        for (int r = 0; r < 4; r++) y[n + r] = scale ? sums[r] * _cvtsh_ss(scale[n + r]) : sums[r];
+        y[n] = v_sum(a0), y[n + 1] = v_sum(a1), y[n + 2] = v_sum(a2), y[n + 3] = v_sum(a3);
     }
     free(xb);
 }
@@ -152,7 +149,7 @@ MATVEC(matvec_f16, uint16_t, dot4_f16)
 /* INT8 weights: x is rounded to int16 in blocks of I8_BLOCK values, each with its own step (its largest
    |value| / 32767: an outlier coarsens only its own block), so the products are integer multiply-adds,
    a third of the instructions of widening every weight to float; each block's int32 sums (at most
-   I8_BLOCK * 127 * 32767, no overflow) are scaled into float accumulators. */
+   I8_BLOCK * 127 * 32767, no overflow) are scaled into float accumulators; y is times the fp16 row scales. */
 #define I8_BLOCK 128
 void matvec_i8(const float *x, const int8_t *w, const uint16_t *scale, float *y, int64_t N, int64_t K,
                int threads) {
@@ -184,7 +181,7 @@ void matvec_i8(const float *x, const int8_t *w, const uint16_t *scale, float *y,
             f2 = v_fma(i_float(a2), step, f2), f3 = v_fma(i_float(a3), step, f3);
         }
         float sums[4] = {v_sum(f0), v_sum(f1), v_sum(f2), v_sum(f3)};
-        for (int r = 0; r < 4; r++) y[n + r] = scale ? sums[r] * _cvtsh_ss(scale[n + r]) : sums[r];
+        for (int r = 0; r < 4; r++) y[n + r] = sums[r] * _cvtsh_ss(scale[n + r]);
     }
     free(steps);
     free(xq);
@@ -278,7 +275,8 @@ def library():
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
     for suffix in SUFFIX.values():
-        getattr(lib, f"matvec_{suffix}").argtypes = [pointer, pointer, pointer, pointer, size, size, ctypes.c_int]
+        scaled = [pointer] if suffix == "i8" else []  # an INT8 weight's fp16 row scales
+        getattr(lib, f"matvec_{suffix}").argtypes = [pointer, pointer, *scaled, pointer, size, size, ctypes.c_int]
     for suffix in ("f32", "bf16", "f16"):
         getattr(lib, f"attend_{suffix}").argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_float, ctypes.c_int]
     return lib
@@ -299,15 +297,17 @@ def takes_matvec(x, weight):
 
 
 def matvec(x, weight, scale=None):
-    """float32 [..., N]: x [..., K] (one token, any float dtype) times weight [N, K]^T, multiplied by
-    the fp16 row scales [N] when given. Check `takes_matvec` first. A bfloat16 weight may take x rounded
+    """float32 [..., N]: x [..., K] (one token, any float dtype) times weight [N, K]^T; an INT8 weight
+    comes with its fp16 row scales [N]. Check `takes_matvec` first. A bfloat16 weight may take x rounded
     to bfloat16 (exact in a bfloat16 model; F.linear would need x in bfloat16 too)."""
     rows, columns = weight.shape
+    if (weight.dtype == torch.int8) != (scale is not None):
+        raise ValueError("an INT8 weight needs its row scales, a float weight has none")
     x32 = x.reshape(columns).float().contiguous()
     out = torch.empty(rows, dtype=torch.float32)
-    scale_pointer = None if scale is None else scale.contiguous().data_ptr()
+    scaled = [] if scale is None else [scale.contiguous().data_ptr()]
     getattr(library(), f"matvec_{SUFFIX[weight.dtype]}")(
-        x32.data_ptr(), weight.data_ptr(), scale_pointer, out.data_ptr(), rows, columns, torch.get_num_threads())
+        x32.data_ptr(), weight.data_ptr(), *scaled, out.data_ptr(), rows, columns, torch.get_num_threads())
     return out.view(*x.shape[:-1], rows)
 
 
