@@ -1,9 +1,10 @@
 """Time one quantized layer of ChatGLM-6B's width on CPU, per path and number of tokens.
 
-For each width (INT8, INT4) and token count: the weight-only kernel with bfloat16 activations (what
-decoding uses), the integer weight expanded to bfloat16 + F.linear (what long prompts use), and, for a
-few tokens, the kernel with float32 activations (the slow path a float32 model used to take). The
-fastest of the first two decides `DEQUANTIZED_MATMUL_MIN_TOKENS` in chatglm/quantization.py.
+For each width (INT8, INT4) and token count: the kernel path (torch's weight-only kernel with bfloat16
+activations; for INT8 at one token, the C kernel of chatglm/cpu_kernels.py, as decoding runs it), the
+integer weight expanded to bfloat16 + F.linear (what long prompts use), and, for a few tokens, the
+kernel with float32 activations (the slow path a float32 model used to take). The fastest of the first
+two decides `DEQUANTIZED_MATMUL_MIN_TOKENS` in chatglm/quantization.py.
 
     python benchmarks/quantized_kernels.py            # 16384x4096 (dense_h_to_4h)
     python benchmarks/quantized_kernels.py --shape 4096 16384 --tokens 1,16,128
