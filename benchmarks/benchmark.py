@@ -212,8 +212,8 @@ def read_bandwidth(threads):
     data = torch.ones(2**29)
     matrix, vector = data.view(-1, 4096), torch.ones(4096)
     reads = {"torch_sum": data.sum}
-    if cpu_kernels.takes_matvec(vector, matrix):
-        reads["simd_read"] = lambda: cpu_kernels.matvec(vector, matrix)
+    if cpu_kernels.takes_matmul(vector, matrix):
+        reads["simd_read"] = lambda: cpu_kernels.matmul(vector, matrix)
     measured = {}
     for name, read in reads.items():
         read()

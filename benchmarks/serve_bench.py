@@ -11,6 +11,11 @@ could reach with this model on this machine.
     python benchmarks/serve_bench.py --clients 1 8 32 --requests 4 --max-tokens 128
     python benchmarks/serve_bench.py --url http://127.0.0.1:8000 --api-key KEY   # a server already running
     python benchmarks/serve_bench.py --engine-only              # no HTTP: the engine's own throughput
+    python benchmarks/serve_bench.py --rounds 5                 # every level 5 times, interleaved: medians
+
+On a shared host whose speed moves from minute to minute, one pass can put its levels in different
+conditions; --rounds runs the levels in turn several times and reports, per level, the median round and the
+median of the per-round ratios to the first level.
 """
 
 import argparse
@@ -134,26 +139,39 @@ def start_server(args):
 
 
 def run_all_levels(args):
-    """The table's rows: a warm-up request, then every client count in turn."""
+    """The table's rows for every round: a warm-up request, then every client count in turn, --rounds times."""
     if args.engine_only:
         tokenizer, model = load_model_and_tokenizer(model=args.model, device="cpu")
         engine = Engine(model, max_batch_size=max(args.clients), threads=default_engine_threads()).start()
         try:
             run_engine_level(engine, tokenizer, 1, 1, 8)  # warm-up
-            return [run_engine_level(engine, tokenizer, clients, args.requests, args.max_tokens)
-                    for clients in args.clients]
+            return [[run_engine_level(engine, tokenizer, clients, args.requests, args.max_tokens)
+                     for clients in args.clients] for _ in range(args.rounds)]
         finally:
             engine.stop()
     server, url = (None, args.url.rstrip("/")) if args.url else start_server(args)
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
         asyncio.run(run_level(url, headers, 1, 1, 8))  # warm-up
-        return [asyncio.run(run_level(url, headers, clients, args.requests, args.max_tokens))
-                for clients in args.clients]
+        return [[asyncio.run(run_level(url, headers, clients, args.requests, args.max_tokens))
+                 for clients in args.clients] for _ in range(args.rounds)]
     finally:
         if server is not None:
             server.terminate()
             server.wait(timeout=30)
+
+
+def summarize(rounds):
+    """One row per level: the round with the median tokens/s, with the median of the per-round ratios to the
+    first level and the range of tokens/s over the rounds."""
+    rows = []
+    for level in zip(*rounds):
+        row = dict(sorted(level, key=lambda r: r["tokens_per_s"])[len(level) // 2])
+        row["vs_first"] = statistics.median(r["tokens_per_s"] / first["tokens_per_s"]
+                                            for r, first in zip(level, (rows[0] for rows in rounds)))
+        row["tokens_per_s_range"] = (min(r["tokens_per_s"] for r in level), max(r["tokens_per_s"] for r in level))
+        rows.append(row)
+    return rows
 
 
 def main():
@@ -167,25 +185,33 @@ def main():
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="client counts (default: 1 8 32)")
     parser.add_argument("--requests", type=int, default=4, help="requests per client (default: 4)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer (default: 128)")
-    parser.add_argument("--json", action="store_true", help="also print the rows as JSON lines")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every level this many times, interleaved, and report medians (default: 1)")
+    parser.add_argument("--json", action="store_true", help="also print every round's rows as JSON lines")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if args.engine_only and args.url:
         parser.error("--engine-only measures the engine in this process; leave out --url")
 
-    rows = run_all_levels(args)
-    base = rows[0]["tokens_per_s"]
+    rounds = run_all_levels(args)
+    rows = summarize(rounds)
     how = "straight to the engine, no HTTP" if args.engine_only else "streamed"
-    print(f"{args.requests} requests per client, {args.max_tokens} tokens per answer, {how}")
+    print(f"{args.requests} requests per client, {args.max_tokens} tokens per answer, {how}"
+          + (f"; median of {args.rounds} interleaved rounds" if args.rounds > 1 else ""))
     print("| clients | requests | requests/s | generated tokens/s | vs first row | TTFT p50 / p99 (ms) "
-          "| latency p50 / p99 (s) |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+          "| latency p50 / p99 (s) |" + (" tokens/s over the rounds |" if args.rounds > 1 else ""))
+    print("| --- | --- | --- | --- | --- | --- | --- |" + (" --- |" if args.rounds > 1 else ""))
     for row in rows:
+        low, high = row["tokens_per_s_range"]
         print(f"| {row['clients']} | {row['requests']} | {row['requests_per_s']:.2f} | {row['tokens_per_s']:.0f} "
-              f"| {row['tokens_per_s'] / base:.1f}x | {row['ttft_p50'] * 1000:.0f} / {row['ttft_p99'] * 1000:.0f} "
-              f"| {row['latency_p50']:.2f} / {row['latency_p99']:.2f} |")
+              f"| {row['vs_first']:.1f}x | {row['ttft_p50'] * 1000:.0f} / {row['ttft_p99'] * 1000:.0f} "
+              f"| {row['latency_p50']:.2f} / {row['latency_p99']:.2f} |"
+              + (f" {low:.0f}-{high:.0f} |" if args.rounds > 1 else ""))
     if args.json:
-        for row in rows:
-            print(json.dumps(row))
+        for rows_of_a_round in rounds:
+            for row in rows_of_a_round:
+                print(json.dumps(row))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,13 @@
-"""C kernels for the memory-bound work of one decoding step on CPU: a one-token product with a float or
-INT8 weight, and one query attending over the KV cache.
+"""C kernels for the memory-bound work of a decoding step on CPU: the products of a step's tokens (one per
+running sequence, up to MAX_TOKENS) with a float or INT8 weight, and each sequence's query attending over
+its KV cache (with the padding mask of a batch).
 
 Decoding one token reads every weight once and does two flops per weight read, so its speed is the
 memory bandwidth the kernel reaches. With 2 threads, torch's one-token products reach about 65% of it in
 bfloat16 and 50% in float32 (its float32 matrix-vector product runs on one core), and its CPU attention
 for a bfloat16 cache is 3x slower than reading that cache. These kernels stream the weight once with
-SIMD loads and float32 accumulation (80% and more).
+SIMD loads and float32 accumulation (80% and more). A batch of tokens shares each load of the weight, where
+torch's small-M products cost 3-4x at 8 tokens what they cost at one.
 
 The C source below is compiled once per machine with the system compiler (`cc -O3 -march=native
 -fopenmp`, as the original ChatGLM-6B compiled its CPU INT4 kernels) into a cache folder, and called
@@ -27,12 +29,17 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-# Below these sizes the data is cache-resident, a step's time is dispatch, and torch is as fast.
-MIN_WEIGHT_VALUES = 1 << 20
+# Below these sizes the data is cache-resident, a step's time is dispatch, and torch is as fast for one
+# token and one unmasked query. Batches of tokens (and masked queries) go to the kernels at every size:
+# torch's small-M products cost 3-4x at 8 tokens what they cost at one, the kernels' about 2x.
+MIN_WEIGHT_VALUES = 1 << 16
 MIN_CACHE_VALUES = 1 << 18
-# Rows are taken four at a time (sharing each load of x); K in whole INT8 blocks, the head size in whole
-# AVX-512 vectors.
-ROW_MULTIPLE, K_MULTIPLE, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM = 4, 128, 16, 256
+# K in whole INT8 blocks, the head size in whole AVX-512 vectors.
+K_MULTIPLE, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM = 128, 16, 256
+# A decoding step of up to this many sequences reads each weight once for all of them; longer inputs
+# (prefill) are compute-bound matrix products, torch's job. Batches take float32, float16 and INT8
+# weights: with bfloat16 ones torch's matrix units beat widening every weight to float32.
+MAX_TOKENS = 8
 
 SOURCE = r"""
 #include <immintrin.h>
@@ -53,8 +60,26 @@ static inline vf v_bf16(const uint16_t *p) {  /* bfloat16 is the top half of a f
 static inline vf v_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)); }
 static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
+static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 static inline float v_sum(vf a) { return _mm512_reduce_add_ps(a); }
+/* [sum a, sum b, sum c, sum d] with a third of the shuffles of four v_sum */
+static inline __m128 v_sum4(vf a, vf b, vf c, vf d) {
+    /* per 128-bit lane: a0+a2, b0+b2, a1+a3, b1+b3, then the lane sums of a, b, c, d */
+    vf ab = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    vf cd = _mm512_add_ps(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    vf abcd = _mm512_add_ps(_mm512_shuffle_ps(ab, cd, 0x44), _mm512_shuffle_ps(ab, cd, 0xEE));
+    __m256 half = _mm256_add_ps(_mm512_castps512_ps256(abcd),
+                                _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(abcd), 1)));
+    return _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+}
+static inline vf v_round(vf a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf v_times_pow2(vf a, vf n) { return _mm512_scalef_ps(a, n); }
+static inline vf v_zero_below(vf a, vf x, float limit) {
+    return _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(x, _mm512_set1_ps(limit), _CMP_LT_OQ), a);
+}
+#define MB_MAX 4  /* tokens per tile: 16 sums + 4 weights + x in the 32 registers */
 #define IL 32  /* int16 lanes */
+#define I8_MB_MAX 2  /* INT8 tiles: 8 int32 and 8 float sums + 4 weights + x */
 typedef __m512i vi;
 static inline vi i_zero(void) { return _mm512_setzero_si512(); }
 static inline vi i_i16(const int16_t *p) { return _mm512_loadu_si512(p); }
@@ -83,7 +108,24 @@ static inline float v_sum(vf a) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
+static inline vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline __m128 v_sum4(vf a, vf b, vf c, vf d) {
+    vf ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    vf cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+    vf abcd = _mm256_add_ps(_mm256_shuffle_ps(ab, cd, 0x44), _mm256_shuffle_ps(ab, cd, 0xEE));
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+static inline vf v_round(vf a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+static inline vf v_times_pow2(vf a, vf n) {  /* n >= -126 */
+    __m256i exponent = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(a, _mm256_castsi256_ps(exponent));
+}
+static inline vf v_zero_below(vf a, vf x, float limit) {
+    return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(limit), _CMP_LT_OQ), a);
+}
+#define MB_MAX 2  /* 8 sums + 4 weights + x in the 16 registers */
 #define IL 16
+#define I8_MB_MAX 1
 typedef __m256i vi;
 static inline vi i_zero(void) { return _mm256_setzero_si256(); }
 static inline vi i_i16(const int16_t *p) { return _mm256_loadu_si256((const __m256i *)p); }
@@ -94,35 +136,89 @@ static inline vi i_dot_add(vi acc, vi a, vi b) { return _mm256_add_epi32(acc, _m
 #error "the CPU kernels need AVX2, FMA and F16C, or AVX-512"
 #endif
 
-/* y[r] = sum_k x[k] * w[r, k] for four rows r: they share each load of x, so a long x (K = 16384 floats
-   is more than L1) is read from cache once per four rows. */
-#define DOT4(NAME, T, LOAD)                                                                              \
-static inline void NAME(const float *x, const T *w, int64_t K, float *y) {                               \
-    vf a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();                                      \
-    for (int64_t k = 0; k < K; k += VL) {                                                               \
-        vf xv = v_f32(x + k);                                                                           \
-        a0 = v_fma(xv, LOAD(w + k), a0);                                                                \
-        a1 = v_fma(xv, LOAD(w + K + k), a1);                                                            \
-        a2 = v_fma(xv, LOAD(w + 2 * K + k), a2);                                                        \
-        a3 = v_fma(xv, LOAD(w + 3 * K + k), a3);                                                        \
-    }                                                                                                   \
-    y[0] = v_sum(a0), y[1] = v_sum(a1), y[2] = v_sum(a2), y[3] = v_sum(a3);                              \
+/* e^x for the shifted scores of a softmax (x <= 0): Cephes' expf polynomial after x = n ln2 + r, within 2
+   ulp of expf; 0 below -87.3 (and at -inf), NaN stays NaN. */
+static inline vf v_exp(vf x) {
+    vf n = v_round(v_mul(x, v_set(1.44269504f)));
+    vf r = v_fma(n, v_set(-0.693359375f), x);
+    r = v_fma(n, v_set(2.12194440e-4f), r);
+    vf p = v_set(1.9875691500e-4f);
+    p = v_fma(p, r, v_set(1.3981999507e-3f));
+    p = v_fma(p, r, v_set(8.3334519073e-3f));
+    p = v_fma(p, r, v_set(4.1665795894e-2f));
+    p = v_fma(p, r, v_set(1.6666665459e-1f));
+    p = v_fma(p, r, v_set(5.0000001201e-1f));
+    vf y = v_add(v_fma(p, v_mul(r, r), r), v_set(1.0f));
+    return v_zero_below(v_times_pow2(y, n), x, -87.3f);
 }
-DOT4(dot4_f32, float, v_f32)
-DOT4(dot4_bf16, uint16_t, v_bf16)
-DOT4(dot4_f16, uint16_t, v_f16)
 
-/* y[N] = x[K] @ w[N, K]^T for a float weight. N a multiple of 4, K of VL. */
-#define MATVEC(NAME, T, DOT4_FN)                                                                         \
-void NAME(const float *x, const T *w, float *y, int64_t N, int64_t K, int threads) {                     \
-    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                   \
-    for (int64_t n = 0; n < N; n += 4) DOT4_FN(x, w + n * K, K, y + n);                                  \
+/* Four rows of w times MB rows of x: y[m * N + r] = sum_k x[m * K + k] * w[r * K + k] for r < 4, m < MB.
+   Each load of w serves the MB rows of x and each load of x the four rows of w (a long x, K = 16384 floats,
+   is more than L1), so a batch of MB tokens reads the weight once. MB is a constant at every call: the
+   compiler unrolls both loops and keeps the 4 * MB sums in registers. */
+#define TILE(NAME, T, LOAD)                                                                              \
+static inline __attribute__((always_inline)) void NAME(const float *x, const T *w, float *y, int64_t N,  \
+                                                       int64_t K, const int MB) {                        \
+    vf acc[4][4];  /* MB <= 4 */                                                                        \
+    for (int m = 0; m < MB; m++)                                                                        \
+        for (int r = 0; r < 4; r++) acc[m][r] = v_zero();                                               \
+    for (int64_t k = 0; k < K; k += VL) {                                                               \
+        vf w0 = LOAD(w + k), w1 = LOAD(w + K + k), w2 = LOAD(w + 2 * K + k), w3 = LOAD(w + 3 * K + k);   \
+        for (int m = 0; m < MB; m++) {                                                                  \
+            vf xv = v_f32(x + m * K + k);                                                               \
+            acc[m][0] = v_fma(xv, w0, acc[m][0]), acc[m][1] = v_fma(xv, w1, acc[m][1]);                 \
+            acc[m][2] = v_fma(xv, w2, acc[m][2]), acc[m][3] = v_fma(xv, w3, acc[m][3]);                 \
+        }                                                                                               \
+    }                                                                                                   \
+    for (int m = 0; m < MB; m++)                                                                        \
+        _mm_storeu_ps(y + m * N, v_sum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));                   \
 }
-MATVEC(matvec_f32, float, dot4_f32)
+TILE(tile_f32, float, v_f32)
+TILE(tile_bf16, uint16_t, v_bf16)
+TILE(tile_f16, uint16_t, v_f16)
+
+/* One row of w times one row of x, for the last N % 4 rows. */
+#define DOT(NAME, T, LOAD)                                                                               \
+static inline float NAME(const float *x, const T *w, int64_t K) {                                        \
+    vf a = v_zero();                                                                                    \
+    for (int64_t k = 0; k < K; k += VL) a = v_fma(v_f32(x + k), LOAD(w + k), a);                        \
+    return v_sum(a);                                                                                    \
+}
+DOT(dot_f32, float, v_f32)
+DOT(dot_bf16, uint16_t, v_bf16)
+DOT(dot_f16, uint16_t, v_f16)
+
+/* y[M, N] = x[M, K] @ w[N, K]^T for a float weight and a few tokens. K a multiple of VL. */
+#define MATMUL(NAME, T, TILE_FN, DOT_FN)                                                                 \
+void NAME(const float *x, const T *w, float *y, int64_t M, int64_t N, int64_t K, int threads) {          \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                   \
+    for (int64_t n = 0; n < N - 3; n += 4)                                                              \
+        for (int64_t m = 0; m < M; m += MB_MAX) {                                                       \
+            const float *xm = x + m * K;                                                                \
+            const T *wn = w + n * K;                                                                    \
+            float *ym = y + m * N + n;                                                                  \
+            switch (M - m < MB_MAX ? M - m : MB_MAX) {                                                  \
+            case 1: TILE_FN(xm, wn, ym, N, K, 1); break;                                                \
+            case 2: TILE_FN(xm, wn, ym, N, K, 2); break;                                                \
+            case 3: TILE_FN(xm, wn, ym, N, K, 3); break;                                                \
+            default: TILE_FN(xm, wn, ym, N, K, 4); break;                                               \
+            }                                                                                           \
+        }                                                                                               \
+    for (int64_t n = N - N % 4; n < N; n++)                                                             \
+        for (int64_t m = 0; m < M; m++) y[m * N + n] = DOT_FN(x + m * K, w + n * K, K);                 \
+}
+MATMUL(matmul_f32, float, tile_f32, dot_f32)
+MATMUL(matmul_f16, uint16_t, tile_f16, dot_f16)
 #if defined(__AVX512BF16__)
-/* bfloat16 weights: x is rounded to bfloat16 once (it already is in a bfloat16 model), then each
-   instruction multiplies 32 pairs exactly and adds them in float32; a third of the work of widening. */
-void matvec_bf16(const float *x, const uint16_t *w, float *y, int64_t N, int64_t K, int threads) {
+MATMUL(matmul_bf16_widened, uint16_t, tile_bf16, dot_bf16)
+/* One token with bfloat16 weights (rows by fours): x is rounded to bfloat16 once (it already is in a bfloat16
+   model), then each instruction multiplies 32 pairs exactly and adds them in float32; a third of the work of
+   widening. */
+void matmul_bf16(const float *x, const uint16_t *w, float *y, int64_t M, int64_t N, int64_t K, int threads) {
+    if (M > 1 || N % 4) {
+        matmul_bf16_widened(x, w, y, M, N, K, threads);
+        return;
+    }
     uint16_t *xb = malloc(K * sizeof(uint16_t));
     for (int64_t k = 0; k < K; k += 16)
         _mm256_storeu_si256((__m256i *)(xb + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + k)));
@@ -142,19 +238,15 @@ void matvec_bf16(const float *x, const uint16_t *w, float *y, int64_t N, int64_t
     free(xb);
 }
 #else
-MATVEC(matvec_bf16, uint16_t, dot4_bf16)
+MATMUL(matmul_bf16, uint16_t, tile_bf16, dot_bf16)
 #endif
-MATVEC(matvec_f16, uint16_t, dot4_f16)
 
 /* INT8 weights: x is rounded to int16 in blocks of I8_BLOCK values, each with its own step (its largest
    |value| / 32767: an outlier coarsens only its own block), so the products are integer multiply-adds,
    a third of the instructions of widening every weight to float; each block's int32 sums (at most
-   I8_BLOCK * 127 * 32767, no overflow) are scaled into float accumulators; y is times the fp16 row scales. */
+   I8_BLOCK * 127 * 32767, no overflow) are scaled into float accumulators; y is times the row scales. */
 #define I8_BLOCK 128
-void matvec_i8(const float *x, const int8_t *w, const uint16_t *scale, float *y, int64_t N, int64_t K,
-               int threads) {
-    int16_t *xq = malloc(K * sizeof(int16_t));
-    float *steps = malloc(K / I8_BLOCK * sizeof(float));
+static void round_to_int16(const float *x, int64_t K, int16_t *xq, float *steps) {
     for (int64_t b = 0; b < K / I8_BLOCK; b++) {
         const float *xb = x + b * I8_BLOCK;
         float top = 0;
@@ -163,52 +255,111 @@ void matvec_i8(const float *x, const int8_t *w, const uint16_t *scale, float *y,
         steps[b] = finite ? (top > 0 ? top / 32767 : 1) : NAN;  /* inf or NaN in x: NaN out */
         for (int k = 0; k < I8_BLOCK; k++) xq[b * I8_BLOCK + k] = finite ? (int16_t)lrintf(xb[k] / steps[b]) : 0;
     }
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < N; n += 4) {
-        const int8_t *row = w + n * K;
-        vf f0 = v_zero(), f1 = f0, f2 = f0, f3 = f0;
-        for (int64_t k0 = 0; k0 < K; k0 += I8_BLOCK) {
-            vi a0 = i_zero(), a1 = a0, a2 = a0, a3 = a0;
-            for (int64_t k = k0; k < k0 + I8_BLOCK; k += IL) {
-                vi xv = i_i16(xq + k);
-                a0 = i_dot_add(a0, i_i8(row + k), xv);
-                a1 = i_dot_add(a1, i_i8(row + K + k), xv);
-                a2 = i_dot_add(a2, i_i8(row + 2 * K + k), xv);
-                a3 = i_dot_add(a3, i_i8(row + 3 * K + k), xv);
+}
+
+/* Four INT8 rows times MB rounded tokens, as TILE does for float weights. */
+static inline __attribute__((always_inline)) void tile_i8(const int16_t *xq, const float *steps, const int8_t *w,
+                                                          const float *scale, float *y, int64_t N, int64_t K,
+                                                          const int MB) {
+    vf f[2][4];  /* MB <= 2 */
+    for (int m = 0; m < MB; m++)
+        for (int r = 0; r < 4; r++) f[m][r] = v_zero();
+    for (int64_t k0 = 0; k0 < K; k0 += I8_BLOCK) {
+        vi a[2][4];
+        for (int m = 0; m < MB; m++)
+            for (int r = 0; r < 4; r++) a[m][r] = i_zero();
+        for (int64_t k = k0; k < k0 + I8_BLOCK; k += IL) {
+            vi w0 = i_i8(w + k), w1 = i_i8(w + K + k), w2 = i_i8(w + 2 * K + k), w3 = i_i8(w + 3 * K + k);
+            for (int m = 0; m < MB; m++) {
+                vi xv = i_i16(xq + m * K + k);
+                a[m][0] = i_dot_add(a[m][0], w0, xv), a[m][1] = i_dot_add(a[m][1], w1, xv);
+                a[m][2] = i_dot_add(a[m][2], w2, xv), a[m][3] = i_dot_add(a[m][3], w3, xv);
             }
-            vf step = v_set(steps[k0 / I8_BLOCK]);
-            f0 = v_fma(i_float(a0), step, f0), f1 = v_fma(i_float(a1), step, f1);
-            f2 = v_fma(i_float(a2), step, f2), f3 = v_fma(i_float(a3), step, f3);
         }
-        float sums[4] = {v_sum(f0), v_sum(f1), v_sum(f2), v_sum(f3)};
-        for (int r = 0; r < 4; r++) y[n + r] = sums[r] * _cvtsh_ss(scale[n + r]);
+        for (int m = 0; m < MB; m++) {
+            vf step = v_set(steps[m * (K / I8_BLOCK) + k0 / I8_BLOCK]);
+            for (int r = 0; r < 4; r++) f[m][r] = v_fma(i_float(a[m][r]), step, f[m][r]);
+        }
     }
+    __m128 scales = _mm_loadu_ps(scale);
+    for (int m = 0; m < MB; m++)
+        _mm_storeu_ps(y + m * N, _mm_mul_ps(v_sum4(f[m][0], f[m][1], f[m][2], f[m][3]), scales));
+}
+
+void matmul_i8(const float *x, const int8_t *w, const float *scale, float *y, int64_t M, int64_t N, int64_t K,
+               int threads) {
+    int16_t *xq = malloc(M * K * sizeof(int16_t));
+    float *steps = malloc(M * (K / I8_BLOCK) * sizeof(float));
+    for (int64_t m = 0; m < M; m++) round_to_int16(x + m * K, K, xq + m * K, steps + m * (K / I8_BLOCK));
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N - 3; n += 4)
+        for (int64_t m = 0; m < M; m += I8_MB_MAX) {
+            const int16_t *xm = xq + m * K;
+            const float *sm = steps + m * (K / I8_BLOCK);
+            if (M - m >= 2 && I8_MB_MAX >= 2) tile_i8(xm, sm, w + n * K, scale + n, y + m * N + n, N, K, 2);
+            else tile_i8(xm, sm, w + n * K, scale + n, y + m * N + n, N, K, 1);
+        }
+    for (int64_t n = N - N % 4; n < N; n++)  /* the last rows, one at a time */
+        for (int64_t m = 0; m < M; m++) {
+            float sum = 0;
+            for (int64_t k0 = 0; k0 < K; k0 += I8_BLOCK) {
+                int32_t block = 0;
+                for (int64_t k = k0; k < k0 + I8_BLOCK; k++) block += w[n * K + k] * xq[m * K + k];
+                sum += block * steps[m * (K / I8_BLOCK) + k0 / I8_BLOCK];
+            }
+            y[m * N + n] = sum * scale[n];
+        }
     free(steps);
     free(xq);
 }
 
 /* One query per (batch, head) over L cached positions: out = softmax(scale * q.k_j) @ v, in float32.
    k and v are [batch, heads, L, D] with rows of D contiguous and the given batch and head strides
-   (a view of a cache buffer longer than L); scores is scratch of batch * heads * L floats. */
+   (a view of a cache buffer longer than L); scores is scratch of batch * heads * L floats. mask (or NULL)
+   is [batch, L], 0 where a row's query may not look (left padding of a batch): those positions weigh 0. */
 #define ATTEND(NAME, T, LOAD)                                                                            \
-void NAME(const float *q, const T *k, const T *v, float *out, float *scores, int64_t batch, int64_t heads, \
-          int64_t L, int64_t D, int64_t stride_b, int64_t stride_h, float scale, int threads) {           \
+void NAME(const float *q, const T *k, const T *v, float *out, float *scores, const uint8_t *mask,        \
+          int64_t batch, int64_t heads, int64_t L, int64_t D, int64_t stride_b, int64_t stride_h,         \
+          float scale, int threads) {                                                                   \
     _Pragma("omp parallel for schedule(static) num_threads(threads)")                                   \
     for (int64_t bh = 0; bh < batch * heads; bh++) {                                                    \
         const T *kh = k + (bh / heads) * stride_b + (bh % heads) * stride_h;                            \
         const T *vh = v + (bh / heads) * stride_b + (bh % heads) * stride_h;                            \
+        const uint8_t *seen = mask ? mask + (bh / heads) * L : NULL;                                    \
         const float *qh = q + bh * D;                                                                   \
-        float *s = scores + bh * L, top = -INFINITY, total = 0;                                         \
-        for (int64_t j = 0; j < L; j++) {                                                               \
+        float *s = scores + bh * L, top = -INFINITY;                                                    \
+        int64_t j = 0;                                                                                  \
+        for (; j + 4 <= L; j += 4) {  /* four positions at a time, summed together */                   \
+            const T *kj = kh + j * D;                                                                   \
+            vf a0 = v_zero(), a1 = a0, a2 = a0, a3 = a0;                                                \
+            for (int64_t d = 0; d < D; d += VL) {                                                       \
+                vf qv = v_f32(qh + d);                                                                  \
+                a0 = v_fma(qv, LOAD(kj + d), a0), a1 = v_fma(qv, LOAD(kj + D + d), a1);                 \
+                a2 = v_fma(qv, LOAD(kj + 2 * D + d), a2), a3 = v_fma(qv, LOAD(kj + 3 * D + d), a3);     \
+            }                                                                                           \
+            _mm_storeu_ps(s + j, _mm_mul_ps(v_sum4(a0, a1, a2, a3), _mm_set1_ps(scale)));               \
+        }                                                                                               \
+        for (; j < L; j++) {                                                                            \
             vf a = v_zero();                                                                            \
             for (int64_t d = 0; d < D; d += VL) a = v_fma(v_f32(qh + d), LOAD(kh + j * D + d), a);     \
             s[j] = scale * v_sum(a);                                                                    \
+        }                                                                                               \
+        for (j = 0; j < L; j++) {                                                                       \
+            if (seen && !seen[j]) s[j] = -INFINITY;                                                     \
             top = s[j] > top ? s[j] : top;                                                              \
         }                                                                                               \
-        for (int64_t j = 0; j < L; j++) total += s[j] = expf(s[j] - top);                               \
+        vf totals = v_zero();                                                                           \
+        for (j = 0; j + VL <= L; j += VL) {                                                             \
+            vf e = v_exp(v_add(v_f32(s + j), v_set(-top)));                                             \
+            v_store(s + j, e);                                                                          \
+            totals = v_add(totals, e);                                                                  \
+        }                                                                                               \
+        float total = v_sum(totals);                                                                    \
+        for (; j < L; j++) total += s[j] = expf(s[j] - top);                                            \
         vf acc[256 / VL];                                                                               \
         for (int64_t c = 0; c < D / VL; c++) acc[c] = v_zero();                                         \
-        for (int64_t j = 0; j < L; j++) {                                                               \
+        for (j = 0; j < L; j++) {                                                                       \
+            if (seen && !seen[j]) continue;  /* weight 0; its value may be anything */                  \
             vf p = v_set(s[j] / total);                                                                 \
             for (int64_t c = 0; c < D / VL; c++) acc[c] = v_fma(p, LOAD(vh + j * D + c * VL), acc[c]);  \
         }                                                                                               \
@@ -274,11 +425,10 @@ def library():
         logger.warning("CPU kernels could not be built, torch's kernels are used (slower): %s", details)
         return None
     pointer, size = ctypes.c_void_p, ctypes.c_int64
-    for suffix in SUFFIX.values():
-        scaled = [pointer] if suffix == "i8" else []  # an INT8 weight's fp16 row scales
-        getattr(lib, f"matvec_{suffix}").argtypes = [pointer, pointer, *scaled, pointer, size, size, ctypes.c_int]
     for suffix in ("f32", "bf16", "f16"):
-        getattr(lib, f"attend_{suffix}").argtypes = [pointer] * 5 + [size] * 6 + [ctypes.c_float, ctypes.c_int]
+        getattr(lib, f"matmul_{suffix}").argtypes = [pointer] * 3 + [size] * 3 + [ctypes.c_int]
+        getattr(lib, f"attend_{suffix}").argtypes = [pointer] * 6 + [size] * 6 + [ctypes.c_float, ctypes.c_int]
+    lib.matmul_i8.argtypes = [pointer] * 4 + [size] * 3 + [ctypes.c_int]  # with the row scales
     return lib
 
 
@@ -286,48 +436,64 @@ def _inference(*tensors):
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-def takes_matvec(x, weight):
-    """Whether x [..., K] @ weight[N, K]^T is one token on CPU that the kernels compute (float weights, or
-    INT8 values whose row scales are applied by `matvec`)."""
-    rows, columns = weight.shape
-    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.numel() == columns
-            and weight.dtype in SUFFIX and weight.is_contiguous() and weight.numel() >= MIN_WEIGHT_VALUES
-            and rows % ROW_MULTIPLE == 0 and columns % K_MULTIPLE == 0 and _inference(x, weight)
-            and library() is not None)
+def takes_matmul(x, weight):
+    """Whether x [..., K] @ weight[N, K]^T is a decoding step on CPU that the kernels compute: at most
+    MAX_TOKENS tokens with a float32 or float16 weight or INT8 values (whose row scales `matmul` applies),
+    one token with a bfloat16 weight."""
+    columns = weight.shape[1]
+    tokens = x.numel() // columns
+    most_tokens = 1 if weight.dtype == torch.bfloat16 else MAX_TOKENS
+    return (x.device.type == "cpu" and weight.device.type == "cpu" and x.shape[-1] == columns
+            and 1 <= tokens <= most_tokens and weight.dtype in SUFFIX and weight.is_contiguous()
+            and (weight.numel() >= MIN_WEIGHT_VALUES or tokens > 1) and columns % K_MULTIPLE == 0
+            and _inference(x, weight) and library() is not None)
 
 
-def matvec(x, weight, scale=None):
-    """float32 [..., N]: x [..., K] (one token, any float dtype) times weight [N, K]^T; an INT8 weight
-    comes with its fp16 row scales [N]. Check `takes_matvec` first. A bfloat16 weight may take x rounded
-    to bfloat16 (exact in a bfloat16 model; F.linear would need x in bfloat16 too)."""
+def matmul(x, weight, scale=None):
+    """float32 [..., N]: x [..., K] (any float dtype) times weight [N, K]^T; an INT8 weight comes with its
+    row scales [N]. Check `takes_matmul` first. A bfloat16 weight may take a single token rounded to
+    bfloat16 (exact in a bfloat16 model; F.linear would need x in bfloat16 too)."""
     rows, columns = weight.shape
     if (weight.dtype == torch.int8) != (scale is not None):
         raise ValueError("an INT8 weight needs its row scales, a float weight has none")
-    x32 = x.reshape(columns).float().contiguous()
-    out = torch.empty(rows, dtype=torch.float32)
-    scaled = [] if scale is None else [scale.contiguous().data_ptr()]
-    getattr(library(), f"matvec_{SUFFIX[weight.dtype]}")(
-        x32.data_ptr(), weight.data_ptr(), *scaled, out.data_ptr(), rows, columns, torch.get_num_threads())
+    x32 = x.reshape(-1, columns).float().contiguous()  # [tokens, K]
+    out = torch.empty(x32.shape[0], rows, dtype=torch.float32)
+    kernel = getattr(library(), f"matmul_{SUFFIX[weight.dtype]}")
+    if scale is None:
+        kernel(x32.data_ptr(), weight.data_ptr(), out.data_ptr(), x32.shape[0], rows, columns,
+               torch.get_num_threads())
+    else:
+        scale32 = scale.float().contiguous()  # fp16 as stored; float32 after model.float()
+        kernel(x32.data_ptr(), weight.data_ptr(), scale32.data_ptr(), out.data_ptr(), x32.shape[0], rows, columns,
+               torch.get_num_threads())
     return out.view(*x.shape[:-1], rows)
 
 
 def takes_attention(q, k, v, attention_mask):
-    """Whether the kernels compute this attention: one unmasked query per head on CPU, over keys and
-    values [batch, heads, L, D] whose rows are contiguous (a cache buffer's view is)."""
-    return (q.device.type == "cpu" and q.shape[2] == 1 and attention_mask is None and k.dtype == v.dtype
+    """Whether the kernels compute this attention: one query per head on CPU, over keys and values
+    [batch, heads, L, D] whose rows are contiguous (a cache buffer's view is), unmasked or with a boolean
+    mask [batch, 1, 1, L] (the padding of a batch)."""
+    batch, _, length, head_dim = k.shape
+    return (q.device.type == "cpu" and q.shape[2] == 1 and k.dtype == v.dtype
+            and (attention_mask is None or (attention_mask.dtype == torch.bool
+                                            and attention_mask.shape == (batch, 1, 1, length)))
             and k.dtype in (torch.float32, torch.bfloat16, torch.float16) and k.stride() == v.stride()
-            and k.stride()[2:] == (k.shape[3], 1) and k.shape[3] % HEAD_DIM_MULTIPLE == 0
-            and k.shape[3] <= MAX_HEAD_DIM and k.numel() >= MIN_CACHE_VALUES and _inference(q, k, v)
+            and k.stride()[2:] == (head_dim, 1) and head_dim % HEAD_DIM_MULTIPLE == 0
+            and head_dim <= MAX_HEAD_DIM and (k.numel() >= MIN_CACHE_VALUES or attention_mask is not None)
+            and _inference(q, k, v)
             and library() is not None)
 
 
-def attend(q, k, v, scale):
-    """softmax(scale * q k^T) v for q [batch, heads, 1, D]: [batch, heads, 1, D] in q's dtype."""
+def attend(q, k, v, scale, attention_mask=None):
+    """softmax(scale * q k^T) v for q [batch, heads, 1, D], where the mask allows: [batch, heads, 1, D] in
+    q's dtype."""
     batch, heads, length, head_dim = k.shape
     q32 = q.float().contiguous()
     out = torch.empty(batch, heads, 1, head_dim, dtype=torch.float32)
     scores = torch.empty(batch * heads * length, dtype=torch.float32)
+    mask = None if attention_mask is None else attention_mask.reshape(batch, length).contiguous()
     getattr(library(), f"attend_{SUFFIX[k.dtype]}")(
-        q32.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), scores.data_ptr(), batch, heads, length,
-        head_dim, k.stride(0), k.stride(1), scale, torch.get_num_threads())
+        q32.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), scores.data_ptr(),
+        None if mask is None else mask.data_ptr(), batch, heads, length, head_dim, k.stride(0), k.stride(1),
+        scale, torch.get_num_threads())
     return out.to(q.dtype)

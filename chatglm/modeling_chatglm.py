@@ -19,7 +19,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_chatglm import ChatGLMConfig
-from .cpu_kernels import attend, matvec, takes_attention, takes_matvec
+from .cpu_kernels import attend, matmul, takes_attention, takes_matmul
 from .generation import chat, process_response, stream_chat, stream_generate
 from .positions import glm_position_ids
 from .quantization import quantize_embeddings, quantize_model
@@ -35,13 +35,13 @@ MASKED_SCORE = -10000.0
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose one-token products on CPU (every decoding step at batch 1) run the bandwidth-bound
-    kernels of cpu_kernels; everything else is nn.Linear's."""
+    """nn.Linear whose decoding steps on CPU (one token per sequence, up to cpu_kernels.MAX_TOKENS) run the
+    kernels of cpu_kernels, which read the weight once for all of them; everything else is nn.Linear's."""
 
     def forward(self, x):
-        if not takes_matvec(x, self.weight):
+        if not takes_matmul(x, self.weight):
             return super().forward(x)
-        out = matvec(x, self.weight)
+        out = matmul(x, self.weight)
         if self.bias is not None:
             out += self.bias  # in float32, then rounded once, like F.linear
         return out.to(x.dtype)
@@ -170,8 +170,8 @@ class SelfAttention(nn.Module):
             context, probs = self.layer_scaled_attention(q, k, v, attention_mask)
         else:
             # Same numbers as the layer-scaled form: the scaling cancels out of the softmax.
-            if takes_attention(q, k, v, attention_mask):  # a decoding step on CPU
-                context = attend(q, k, v, scale=self.head_dim**-0.5)
+            if takes_attention(q, k, v, attention_mask):  # a decoding step on CPU, padded batches too
+                context = attend(q, k, v, self.head_dim**-0.5, attention_mask)
             else:
                 context = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=self.head_dim**-0.5)
             probs = None

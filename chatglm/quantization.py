@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_kernels import matvec, takes_matvec
+from .cpu_kernels import matmul, takes_matmul
 
 SUPPORTED_BITS = (4, 8)
 BLOCK_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
@@ -286,8 +286,8 @@ class QuantizedLinear(QuantizedWeight):
         # model needs the input gradient), and off the CPU, the dequantized weight is used instead.
         if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return F.linear(x, self.dequantize(x.dtype), bias)
-        if self.bits == 8 and takes_matvec(x, self.weight):  # one token: float32 activations
-            out = matvec(x, self.weight, self.weight_scale).to(x.dtype)
+        if self.bits == 8 and takes_matmul(x, self.weight):  # a decoding step: float32 activations
+            out = matmul(x, self.weight, self.weight_scale).to(x.dtype)
             return out if bias is None else out + bias
         tokens = x.reshape(-1, self.in_features).to(CPU_COMPUTE_DTYPE)  # [tokens, in]
         # one op: the product is computed in the wider of the two dtypes, then rounded to the model's

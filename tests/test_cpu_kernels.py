@@ -21,48 +21,65 @@ def test_the_kernels_build_where_a_compiler_is_installed():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
-def test_matvec_equals_the_float64_product(dtype, x_dtype):
+@pytest.mark.parametrize("rows", [260, 263])  # the last rows outside the tiles of four
+def test_one_token_matmul_equals_the_float64_product(dtype, x_dtype, rows):
     generator = torch.Generator().manual_seed(0)
-    weight = torch.randn(260, 4096, generator=generator).to(dtype)  # rows not a multiple of 16
+    weight = torch.randn(rows, 4096, generator=generator).to(dtype)
     x = torch.randn(1, 1, 4096, generator=generator).to(x_dtype)
     if dtype == torch.bfloat16:  # a bfloat16 weight may round x to bfloat16 (as in a bfloat16 model)
         x = x.to(torch.bfloat16)
-    assert cpu_kernels.takes_matvec(x, weight)
-    out = cpu_kernels.matvec(x, weight)
+    assert cpu_kernels.takes_matmul(x, weight)
+    out = cpu_kernels.matmul(x, weight)
     expected = x.double() @ weight.double().T
-    assert out.dtype == torch.float32 and out.shape == (1, 1, 260)
+    assert out.dtype == torch.float32 and out.shape == (1, 1, rows)
     torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("tokens", [2, 3, 5, 8])  # whole tiles of tokens and a remainder
+def test_a_batch_of_tokens_matmul_equals_the_float64_product(dtype, tokens):
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(258, 256, generator=generator).to(dtype)  # small: a batch takes every size
+    x = torch.randn(tokens, 1, 256, generator=generator)
+    assert cpu_kernels.takes_matmul(x, weight)
+    out = cpu_kernels.matmul(x, weight)
+    assert out.shape == (tokens, 1, 258)
+    torch.testing.assert_close(out.double(), x.double() @ weight.double().T, rtol=0, atol=1e-4)
 
 
 def relative_error(out, expected):
     return ((out.double() - expected).norm() / expected.norm()).item()
 
 
-def test_int8_matvec_applies_the_fp16_row_scales():
-    layer = QuantizedLinear.from_weight(torch.randn(512, 2048, generator=torch.Generator().manual_seed(1)), 8)
-    x = torch.randn(1, 2048, generator=torch.Generator().manual_seed(2))
-    assert cpu_kernels.takes_matvec(x, layer.weight)
-    out = cpu_kernels.matvec(x, layer.weight, layer.weight_scale)
+@pytest.mark.parametrize("tokens", [1, 2, 3, 8])
+def test_int8_matmul_applies_the_fp16_row_scales(tokens):
+    layer = QuantizedLinear.from_weight(torch.randn(514, 2048, generator=torch.Generator().manual_seed(1)), 8)
+    x = torch.randn(tokens, 2048, generator=torch.Generator().manual_seed(2))
+    assert cpu_kernels.takes_matmul(x, layer.weight)
+    out = cpu_kernels.matmul(x, layer.weight, layer.weight_scale)
     # x meets the integers as int16 (steps of 2^-15 of each block's largest value): about 3e-5 relative,
     # where the bfloat16 activations of torch's weight-only kernel give about 1e-3
     assert relative_error(out, x.double() @ layer.dequantize(torch.float64).T) < 1e-4
 
 
-def test_int8_matvec_keeps_an_outlier_and_propagates_nan():
+def test_int8_matmul_keeps_an_outlier_and_propagates_nan():
     layer = QuantizedLinear.from_weight(torch.randn(256, 4096, generator=torch.Generator().manual_seed(1)), 8)
     x = torch.randn(4096, generator=torch.Generator().manual_seed(2))
     x[7] = 300.0  # an outlier feature sets the int16 step of its block of 128
     weight = layer.dequantize(torch.float64)
     expected = x.double() @ weight.T
     bfloat16_error = relative_error(x.bfloat16().double() @ weight.T, expected)
-    assert relative_error(cpu_kernels.matvec(x, layer.weight, layer.weight_scale), expected) < bfloat16_error / 2
+    assert relative_error(cpu_kernels.matmul(x, layer.weight, layer.weight_scale), expected) < bfloat16_error / 2
     x[9] = float("nan")
-    assert cpu_kernels.matvec(x, layer.weight, layer.weight_scale).isnan().all()
+    assert cpu_kernels.matmul(x, layer.weight, layer.weight_scale).isnan().all()
 
 
-def test_int8_layer_decodes_with_the_kernel():
+@pytest.mark.parametrize("model_dtype", [None, torch.float32])
+def test_int8_layer_decodes_with_the_kernel(model_dtype):
     layer = QuantizedLinear.from_weight(torch.randn(512, 2048, generator=torch.Generator().manual_seed(1)), 8,
                                         bias=torch.randn(512))
+    if model_dtype is not None:  # model.float() after quantizing also turns the fp16 row scales float32
+        layer.to(model_dtype)
     x = torch.randn(1, 1, 2048, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         out = layer(x)
@@ -72,25 +89,41 @@ def test_int8_layer_decodes_with_the_kernel():
 
 def test_products_the_kernels_do_not_take():
     weight = torch.randn(256, 4096)
-    assert not cpu_kernels.takes_matvec(torch.randn(2, 4096), weight)  # two tokens
-    assert not cpu_kernels.takes_matvec(torch.randn(4096), torch.randn(64, 4096))  # cache-resident
-    assert not cpu_kernels.takes_matvec(torch.randn(4096), torch.randn(258, 4096))  # rows not by fours
-    assert not cpu_kernels.takes_matvec(torch.randn(4096), weight.T.contiguous().T)  # not contiguous
-    assert not cpu_kernels.takes_matvec(torch.randn(4096, requires_grad=True), weight)  # autograd records
+    assert not cpu_kernels.takes_matmul(torch.randn(9, 4096), weight)  # more tokens than a decoding step
+    assert not cpu_kernels.takes_matmul(torch.randn(2, 4096), weight.bfloat16())  # a batch on bfloat16
+    int8 = QuantizedLinear.from_weight(weight, 8).weight
+    assert cpu_kernels.takes_matmul(torch.randn(4096), int8)
+    assert cpu_kernels.takes_matmul(torch.randn(8, 4096), int8)
+    small = torch.randn(64, 512)
+    assert not cpu_kernels.takes_matmul(torch.randn(512), small)  # one token, cache-resident weight
+    assert cpu_kernels.takes_matmul(torch.randn(2, 512), small)  # a batch takes every size
+    assert not cpu_kernels.takes_matmul(torch.randn(4000), torch.randn(256, 4000))  # K not in blocks of 128
+    assert not cpu_kernels.takes_matmul(torch.randn(4096), weight.T.contiguous().T)  # not contiguous
+    assert not cpu_kernels.takes_matmul(torch.randn(4096, requires_grad=True), weight)  # autograd records
     with torch.no_grad():
-        assert cpu_kernels.takes_matvec(torch.randn(4096, requires_grad=True), weight)
+        assert cpu_kernels.takes_matmul(torch.randn(4096, requires_grad=True), weight)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_one_query_attention_over_a_cache_buffer_view(dtype):
+@pytest.mark.parametrize("head_dim", [32, 128])
+@pytest.mark.parametrize("padded", [False, True])
+def test_one_query_attention_over_a_cache_buffer_view(dtype, head_dim, padded):
     generator = torch.Generator().manual_seed(3)
-    batch, heads, length, head_dim = 2, 8, 300, 128
+    batch, heads, length = 3, 16, 301  # not a whole number of 4 or 16 positions
     buffer = torch.randn(2, batch, heads, 512, head_dim, generator=generator).to(dtype)
     k, v = buffer[0, :, :, :length], buffer[1, :, :, :length]  # like the KV cache: a view with room to grow
     q = torch.randn(batch, heads, 1, head_dim, generator=generator).to(dtype)
-    assert cpu_kernels.takes_attention(q, k, v, None)
-    out = cpu_kernels.attend(q, k, v, scale=head_dim**-0.5)
-    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), scale=head_dim**-0.5)
+    mask = None
+    if padded:  # rows of a batch left-padded by 0, 1 and 200 positions, whose keys/values are garbage
+        mask = (torch.arange(length) >= torch.tensor([0, 1, 200])[:, None])[:, None, None, :]
+        k[2, :, :200], v[2, :, :200] = float("nan"), float("inf")
+    assert cpu_kernels.takes_attention(q, k, v, mask)
+    out = cpu_kernels.attend(q, k, v, head_dim**-0.5, mask)
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=mask,
+                                              scale=head_dim**-0.5)
+    if padded:  # torch's NaN keys give NaN even where masked; the kernel weighs them 0
+        expected[2] = F.scaled_dot_product_attention(q[2:].double(), k[2:, :, 200:].double(),
+                                                     v[2:, :, 200:].double(), scale=head_dim**-0.5)[0]
     assert out.dtype == dtype and out.shape == expected.shape
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2  # the output is rounded to the cache's dtype
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
@@ -99,9 +132,12 @@ def test_one_query_attention_over_a_cache_buffer_view(dtype):
 def test_attention_the_kernels_do_not_take():
     k = v = torch.randn(1, 8, 300, 128)
     assert not cpu_kernels.takes_attention(torch.randn(1, 8, 2, 128), k, v, None)  # two queries
-    assert not cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), k, v, torch.ones(1, 1, 1, 300, dtype=bool))
+    # a mask per head or per query is not the padding of a batch
+    assert not cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), k, v, torch.ones(1, 8, 1, 300, dtype=bool))
+    assert not cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), k, v, torch.zeros(1, 1, 1, 300))  # additive
     short = torch.randn(1, 8, 16, 128)
     assert not cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), short, short, None)  # cache-resident
+    assert cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), short, short, torch.ones(1, 1, 1, 16, dtype=bool))
 
 
 def wide_model():
@@ -113,29 +149,51 @@ def wide_model():
     return ChatGLMForConditionalGeneration(config).eval()
 
 
-def greedy_scores(model, prompt):
+def greedy_scores(model, prompt, attention_mask=None):
     with torch.no_grad():
-        out = model.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False, output_scores=True,
-                             return_dict_in_generate=True)
+        out = model.generate(prompt, attention_mask=attention_mask, max_new_tokens=6, min_new_tokens=6,
+                             do_sample=False, output_scores=True, return_dict_in_generate=True)
     return out.sequences, torch.stack(out.scores)
+
+
+def count_kernel_calls(monkeypatch):
+    calls = []
+    for name in ("matmul", "attend"):
+        real = getattr(modeling_chatglm, name)
+        counted = lambda *args, _real=real, _name=name, **kwargs: calls.append(_name) or _real(*args, **kwargs)  # noqa: E731
+        monkeypatch.setattr(modeling_chatglm, name, counted)
+    return calls
 
 
 def test_decoding_with_the_kernels_gives_torchs_logits(monkeypatch):
     model = wide_model()
     prompt = torch.cat((torch.randint(5, 1000, (1, 300), generator=torch.Generator().manual_seed(4)),
                         torch.tensor([[1001, 1003]])), dim=1)  # long enough for the attention kernel
-    calls = []
-    for module, name in ((modeling_chatglm, "matvec"), (modeling_chatglm, "attend")):
-        real = getattr(module, name)
-        counted = lambda *args, _real=real, _name=name, **kwargs: calls.append(_name) or _real(*args, **kwargs)  # noqa: E731
-        monkeypatch.setattr(module, name, counted)
+    calls = count_kernel_calls(monkeypatch)
     sequences, scores = greedy_scores(model, prompt)
     # five decoding steps, each with the block's four products, the LM head and one attention; and the
     # prompt's LM head, which computes the last position's logits only
-    assert calls.count("matvec") == 5 * 5 + 1 and calls.count("attend") == 5
+    assert calls.count("matmul") == 5 * 5 + 1 and calls.count("attend") == 5
 
     monkeypatch.setattr(cpu_kernels, "library", lambda: None)
     torch_sequences, torch_scores = greedy_scores(model, prompt)
+    assert torch.equal(sequences, torch_sequences)
+    torch.testing.assert_close(scores, torch_scores, rtol=1e-4, atol=1e-4)
+
+
+def test_a_padded_batch_decodes_with_the_kernels_to_torchs_logits(monkeypatch):
+    model = wide_model()
+    ids = torch.randint(5, 1000, (2, 40), generator=torch.Generator().manual_seed(5))
+    ids[:, -2:] = torch.tensor([1001, 1003])
+    padding = torch.ones_like(ids)
+    ids[1, :15], padding[1, :15] = 3, 0  # the second prompt is 15 tokens shorter, left-padded
+    calls = count_kernel_calls(monkeypatch)
+    sequences, scores = greedy_scores(model, ids, padding)
+    # five decoding steps of two tokens: the block's four products and the LM head, and the masked attention
+    assert calls.count("matmul") == 5 * 5 + 1 and calls.count("attend") == 5
+
+    monkeypatch.setattr(cpu_kernels, "library", lambda: None)
+    torch_sequences, torch_scores = greedy_scores(model, ids, padding)
     assert torch.equal(sequences, torch_sequences)
     torch.testing.assert_close(scores, torch_scores, rtol=1e-4, atol=1e-4)
 
@@ -145,8 +203,9 @@ def test_the_builds_for_other_cpus_compute_the_same(march, tmp_path):
     """This machine's build uses AVX-512 with bfloat16 dot products; CPUs with AVX2 only (haswell) or
     AVX-512 without bfloat16 (skylake-avx512) get other code paths, checked here in a fresh process."""
     env = {**os.environ, "CHATGLM_CPU_KERNELS_MARCH": march, "XDG_CACHE_HOME": str(tmp_path)}
-    tests = [f"{__file__}::{name}" for name in ("test_matvec_equals_the_float64_product",
-                                                "test_int8_matvec_applies_the_fp16_row_scales",
+    tests = [f"{__file__}::{name}" for name in ("test_one_token_matmul_equals_the_float64_product",
+                                                "test_a_batch_of_tokens_matmul_equals_the_float64_product",
+                                                "test_int8_matmul_applies_the_fp16_row_scales",
                                                 "test_one_query_attention_over_a_cache_buffer_view")]
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env,
                             capture_output=True, text=True)

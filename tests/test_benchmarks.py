@@ -1,0 +1,41 @@
+"""The benchmark scripts run and print their tables (their numbers are for people, not for assertions)."""
+
+import re
+import subprocess
+import sys
+
+import pytest
+from _doors import REPO_ROOT, free_port
+
+pytestmark = pytest.mark.slow  # each run starts processes that load the model
+
+
+def serve_bench(args, env):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "serve_bench.py"), "--clients", "1", "2",
+                             "--requests", "1", "--max-tokens", "4", *args], capture_output=True, text=True,
+                            env=env, cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def table_rows(output):
+    """{clients: [cells]} of the printed table."""
+    rows = [line.strip("|").split("|") for line in output.splitlines() if re.match(r"\| \d", line)]
+    return {int(cells[0]): [cell.strip() for cell in cells] for cells in rows}
+
+
+def test_serve_bench_against_a_live_server(script_env):
+    output = serve_bench(["--port", str(free_port())], script_env)
+    rows = table_rows(output)
+    assert sorted(rows) == [1, 2]
+    assert rows[1][1] == "1" and rows[2][1] == "2"  # one request per client
+    assert rows[1][4] == "1.0x" and float(rows[2][3]) > 0
+
+
+def test_serve_bench_engine_only_with_interleaved_rounds(script_env):
+    output = serve_bench(["--engine-only", "--rounds", "3"], script_env)
+    assert "median of 3 interleaved rounds" in output
+    rows = table_rows(output)
+    assert sorted(rows) == [1, 2]
+    low, high = (float(x) for x in rows[2][-1].split("-"))  # tokens/s over the rounds
+    assert 0 < low <= float(rows[2][3]) <= high
