@@ -38,7 +38,8 @@ MIN_CACHE_VALUES = 1 << 18
 K_MULTIPLE, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM = 128, 16, 256
 # A decoding step of up to this many sequences reads each weight once for all of them; longer inputs
 # (prefill) are compute-bound matrix products, torch's job. Batches take float32, float16 and INT8
-# weights: with bfloat16 ones torch's matrix units beat widening every weight to float32.
+# weights, and bfloat16 ones where the CPU multiplies bfloat16 pairs (without, torch's batches are faster
+# than widening every weight to float32).
 MAX_TOKENS = 8
 
 SOURCE = r"""
@@ -210,35 +211,55 @@ void NAME(const float *x, const T *w, float *y, int64_t M, int64_t N, int64_t K,
 MATMUL(matmul_f32, float, tile_f32, dot_f32)
 MATMUL(matmul_f16, uint16_t, tile_f16, dot_f16)
 #if defined(__AVX512BF16__)
-MATMUL(matmul_bf16_widened, uint16_t, tile_bf16, dot_bf16)
-/* One token with bfloat16 weights (rows by fours): x is rounded to bfloat16 once (it already is in a bfloat16
-   model), then each instruction multiplies 32 pairs exactly and adds them in float32; a third of the work of
-   widening. */
-void matmul_bf16(const float *x, const uint16_t *w, float *y, int64_t M, int64_t N, int64_t K, int threads) {
-    if (M > 1 || N % 4) {
-        matmul_bf16_widened(x, w, y, M, N, K, threads);
-        return;
+/* bfloat16 weights: x is rounded to bfloat16 once (it already is in a bfloat16 model), then each instruction
+   multiplies 32 pairs exactly and adds them in float32, a third of the work of widening; tiles as in TILE. */
+static inline __attribute__((always_inline)) void tile_bf16_dot(const uint16_t *xb, const uint16_t *w, float *y,
+                                                                int64_t N, int64_t K, const int MB) {
+    __m512 acc[4][4];  /* MB <= 4 */
+    for (int m = 0; m < MB; m++)
+        for (int r = 0; r < 4; r++) acc[m][r] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 32) {
+        __m512bh w0 = (__m512bh)_mm512_loadu_si512(w + k), w1 = (__m512bh)_mm512_loadu_si512(w + K + k);
+        __m512bh w2 = (__m512bh)_mm512_loadu_si512(w + 2 * K + k), w3 = (__m512bh)_mm512_loadu_si512(w + 3 * K + k);
+        for (int m = 0; m < MB; m++) {
+            __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + m * K + k);
+            acc[m][0] = _mm512_dpbf16_ps(acc[m][0], xv, w0), acc[m][1] = _mm512_dpbf16_ps(acc[m][1], xv, w1);
+            acc[m][2] = _mm512_dpbf16_ps(acc[m][2], xv, w2), acc[m][3] = _mm512_dpbf16_ps(acc[m][3], xv, w3);
+        }
     }
-    uint16_t *xb = malloc(K * sizeof(uint16_t));
-    for (int64_t k = 0; k < K; k += 16)
+    for (int m = 0; m < MB; m++) _mm_storeu_ps(y + m * N, v_sum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
+}
+
+void matmul_bf16(const float *x, const uint16_t *w, float *y, int64_t M, int64_t N, int64_t K, int threads) {
+    uint16_t *xb = malloc(M * K * sizeof(uint16_t));
+    for (int64_t k = 0; k < M * K; k += 16)
         _mm256_storeu_si256((__m256i *)(xb + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + k)));
     #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t n = 0; n < N; n += 4) {
-        const uint16_t *row = w + n * K;
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int64_t k = 0; k < K; k += 32) {
-            __m512bh xv = (__m512bh)_mm512_loadu_si512(xb + k);
-            a0 = _mm512_dpbf16_ps(a0, xv, (__m512bh)_mm512_loadu_si512(row + k));
-            a1 = _mm512_dpbf16_ps(a1, xv, (__m512bh)_mm512_loadu_si512(row + K + k));
-            a2 = _mm512_dpbf16_ps(a2, xv, (__m512bh)_mm512_loadu_si512(row + 2 * K + k));
-            a3 = _mm512_dpbf16_ps(a3, xv, (__m512bh)_mm512_loadu_si512(row + 3 * K + k));
+    for (int64_t n = 0; n < N - 3; n += 4)
+        for (int64_t m = 0; m < M; m += 4) {
+            const uint16_t *xm = xb + m * K, *wn = w + n * K;
+            float *ym = y + m * N + n;
+            switch (M - m < 4 ? M - m : 4) {
+            case 1: tile_bf16_dot(xm, wn, ym, N, K, 1); break;
+            case 2: tile_bf16_dot(xm, wn, ym, N, K, 2); break;
+            case 3: tile_bf16_dot(xm, wn, ym, N, K, 3); break;
+            default: tile_bf16_dot(xm, wn, ym, N, K, 4); break;
+            }
         }
-        y[n] = v_sum(a0), y[n + 1] = v_sum(a1), y[n + 2] = v_sum(a2), y[n + 3] = v_sum(a3);
-    }
+    for (int64_t n = N - N % 4; n < N; n++)  /* the last rows, one at a time */
+        for (int64_t m = 0; m < M; m++) {
+            __m512 a = _mm512_setzero_ps();
+            for (int64_t k = 0; k < K; k += 32)
+                a = _mm512_dpbf16_ps(a, (__m512bh)_mm512_loadu_si512(xb + m * K + k),
+                                     (__m512bh)_mm512_loadu_si512(w + n * K + k));
+            y[m * N + n] = v_sum(a);
+        }
     free(xb);
 }
+int bf16_batches(void) { return 1; }
 #else
 MATMUL(matmul_bf16, uint16_t, tile_bf16, dot_bf16)
+int bf16_batches(void) { return 0; }  /* widening every weight: torch's batches are faster */
 #endif
 
 /* INT8 weights: x is rounded to int16 in blocks of I8_BLOCK values, each with its own step (its largest
@@ -436,17 +457,24 @@ def _inference(*tensors):
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+@functools.cache
+def _batch_dtypes():
+    """The weight dtypes whose products the kernels take for a batch of tokens."""
+    bfloat16 = [torch.bfloat16] if library().bf16_batches() else []  # only with bfloat16 dot products
+    return (torch.float32, torch.float16, torch.int8, *bfloat16)
+
+
 def takes_matmul(x, weight):
     """Whether x [..., K] @ weight[N, K]^T is a decoding step on CPU that the kernels compute: at most
-    MAX_TOKENS tokens with a float32 or float16 weight or INT8 values (whose row scales `matmul` applies),
-    one token with a bfloat16 weight."""
+    MAX_TOKENS tokens (one with a bfloat16 weight on a CPU without bfloat16 dot products), with a float
+    weight or INT8 values (whose row scales `matmul` applies)."""
     columns = weight.shape[1]
     tokens = x.numel() // columns
-    most_tokens = 1 if weight.dtype == torch.bfloat16 else MAX_TOKENS
     return (x.device.type == "cpu" and weight.device.type == "cpu" and x.shape[-1] == columns
-            and 1 <= tokens <= most_tokens and weight.dtype in SUFFIX and weight.is_contiguous()
+            and 1 <= tokens <= MAX_TOKENS and weight.dtype in SUFFIX and weight.is_contiguous()
             and (weight.numel() >= MIN_WEIGHT_VALUES or tokens > 1) and columns % K_MULTIPLE == 0
-            and _inference(x, weight) and library() is not None)
+            and _inference(x, weight) and library() is not None
+            and (tokens == 1 or weight.dtype in _batch_dtypes()))
 
 
 def matmul(x, weight, scale=None):
