@@ -9,7 +9,7 @@ The page itself is built by ``chatglm.webui.build_demo`` (shared with ``ptuning/
 
 import argparse
 
-from chatglm.cli import add_model_args, add_server_args, run_script
+from chatglm.cli import add_model_args, add_server_args, bounded, run_script
 from chatglm.loader import load_model_and_tokenizer
 
 
@@ -18,8 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     server = add_server_args(parser, default_port=None, title="web server")
     server.add_argument("--share", action="store_true", help="also create a public gradio.live link")
-    server.add_argument("--concurrency", type=int, default=1, metavar="N",
-                        help="answers generated at the same time; others wait in the queue (default: 1)")
+    server.add_argument("--concurrency", type=bounded(int, 1), default=8, metavar="N",
+                        help="answers generated at the same time, batched together; others wait in the queue "
+                             "(default: 8)")
     return parser
 
 

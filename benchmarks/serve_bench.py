@@ -83,15 +83,14 @@ def run_engine_level(engine, tokenizer, clients, requests, max_tokens):
     """The same requests as run_level, each client a thread submitting to ``engine`` and waiting for the end;
     sampling settings are the server's defaults for a request that names none."""
     model = engine.model
-    top_k = model.generation_config.top_k or 0
     results = []
 
     def one_client(index):
         for i in range(requests):
             started = time.perf_counter()
             ids = prompt_ids(tokenizer, PROMPTS[(index + i) % len(PROMPTS)], [], model.config.max_sequence_length)
-            sequence = Sequence(ids, max_tokens, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P, top_k=top_k,
-                                ignore_eos=True)
+            sequence = Sequence(ids, max_tokens, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P,
+                                top_k=engine.default_top_k, ignore_eos=True)
             engine.submit(sequence)
             sequence.done.wait()
             results.append((sequence.first_token_at - started, time.perf_counter() - started,

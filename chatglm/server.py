@@ -257,7 +257,6 @@ def create_app(tokenizer, model, settings: ServerSettings | None = None, *, mode
     engine = Engine(model, max_batch_size=settings.max_batch_size, max_waiting=settings.max_queue,
                     threads=settings.threads)
     context_length = model.config.max_sequence_length
-    default_top_k = model.generation_config.top_k or 0
     started = int(time.time())
 
     @contextlib.asynccontextmanager
@@ -298,7 +297,7 @@ def create_app(tokenizer, model, settings: ServerSettings | None = None, *, mode
 
     def new_sequence(ids: list[int], max_new_tokens: int, temperature, top_p, top_k=None, ignore_eos=False):
         return Sequence(ids, max_new_tokens, temperature=temperature, top_p=top_p,
-                        top_k=default_top_k if top_k is None else top_k, ignore_eos=ignore_eos)
+                        top_k=engine.default_top_k if top_k is None else top_k, ignore_eos=ignore_eos)
 
     def submit(request: Request, sequence: Sequence) -> asyncio.Task:
         """Queue ``sequence`` (503 when the queue is full) and cancel it if the client goes away."""

@@ -241,6 +241,8 @@ class Engine:
         self.max_waiting = max_waiting
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+        # a request that names no top_k samples as `model.chat` does: with the model's generation config
+        self.default_top_k = model.generation_config.top_k or 0
         self.batch: RunningBatch | None = None  # touched by the engine thread only
         self.waiting: collections.deque = collections.deque()
         self.wakeup = threading.Condition()
@@ -456,6 +458,23 @@ async def follow(engine: Engine, sequence: Sequence):
     try:
         while sequence.finish_reason is None:
             await news.wait()
+            news.clear()
+            yield
+    finally:
+        if sequence.finish_reason is None:
+            engine.cancel(sequence)
+
+
+def follow_blocking(engine: Engine, sequence: Sequence):
+    """`follow` for a thread that may block (e.g. a gradio handler): yield whenever the submitted
+    ``sequence`` has new tokens, the last time once it has finished. Closing the generator early cancels the
+    sequence."""
+    news = threading.Event()
+    sequence.on_update = news.set
+    news.set()  # tokens may have come before we listened
+    try:
+        while sequence.finish_reason is None:
+            news.wait()
             news.clear()
             yield
     finally:

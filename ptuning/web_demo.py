@@ -22,8 +22,8 @@ class ServerArguments:
                       metadata={"help": "Address to listen on (0.0.0.0: reachable from other machines)."})
     port: int | None = field(default=None, metadata={"help": "Port (default: 7860, or the next free one)."})
     share: bool = field(default=False, metadata={"help": "Also create a public gradio.live link."})
-    concurrency: int = field(default=1,
-                             metadata={"help": "Answers generated at the same time; others wait in the queue."})
+    concurrency: int = field(default=8, metadata={
+        "help": "Answers generated at the same time, batched together; others wait in the queue."})
 
 
 def load_model(model_args, device="cpu"):

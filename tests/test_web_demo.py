@@ -195,3 +195,43 @@ def test_page_layout_and_streaming(door_model):
     messages, history2 = list(predict("再见", 96, 0.7, 0, history))[-1]
     assert [m["content"] for m in messages][:3] == ["你好", expected, "再见"] and len(history2) == 2
     assert list(predict("   ", 64, 0.7, 0.95, history)) == [(messages[:2], history)]
+
+
+def test_sessions_answer_together_and_a_left_answer_stops(door_model):
+    """Two sessions asking at once are answered by one batch, each as model.chat would alone; an answer
+    whose session goes away (Clear History closes its stream) stops being generated."""
+    import threading
+
+    from chatglm.webui import build_demo
+
+    tokenizer, model = door_model
+    demo = build_demo(tokenizer, model, concurrency_limit=2)
+    predict = next(fn.fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "predict")
+    questions = ["晚上睡不着应该怎么办", "用 Python 写一个计算阶乘的函数"]
+    answers = {}
+    go = threading.Barrier(2)
+
+    def ask(question):
+        go.wait()
+        answers[question] = list(predict(question, 300, 0.7, 0, []))[-1][1]
+
+    threads = [threading.Thread(target=ask, args=(q,)) for q in questions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for question in questions:
+        expected, _ = model.chat(tokenizer, question, history=[], max_length=300, do_sample=False)
+        assert answers[question] == [(question, expected)]
+    # one after another, every token but each answer's first (sampled after its prefill) takes a step of its own
+    stats = demo.engine.stats()
+    assert stats["steps"] <= stats["generated_tokens"] - 2 - 5, stats  # together: steps serve both
+
+    stream = predict("你好", 2048, 0.7, 0.95, [])
+    next(stream)
+    stream.close()  # what gradio does when Clear History cancels the event
+    deadline = time.time() + 10
+    while demo.engine.stats()["finished_cancelled"] < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert demo.engine.stats()["finished_cancelled"] == 1 and demo.engine.stats()["running"] == 0
+    demo.engine.stop()
