@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _doors import free_port
 
 from ptuning.prefix import PrefixCheckpointError
 
@@ -239,7 +240,7 @@ def test_torchrun_two_cpu_processes(base_model, tmp_path, mode):
     out = tmp_path / f"ddp-{mode}"
     extra = ["--pre_seq_len", "4"] if mode == "ptuning" else ["--learning_rate", "1e-4"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29613 + (mode == "full")), str(PTUNING / "main.py"),
+           "--master_port", str(free_port()), str(PTUNING / "main.py"),
            *map(str, adgen_args(base_model, out, "--do_train", *extra, "--max_steps", "2",
                                 "--per_device_train_batch_size", "2", "--max_train_samples", "16",
                                 "--ddp_backend", "gloo"))]
