@@ -237,14 +237,23 @@ def script_env(extra):
 
 @pytest.mark.parametrize("mode", ["ptuning", "full"])
 def test_torchrun_two_cpu_processes(base_model, tmp_path, mode):
-    out = tmp_path / f"ddp-{mode}"
     extra = ["--pre_seq_len", "4"] if mode == "ptuning" else ["--learning_rate", "1e-4"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(free_port()), str(PTUNING / "main.py"),
-           *map(str, adgen_args(base_model, out, "--do_train", *extra, "--max_steps", "2",
-                                "--per_device_train_batch_size", "2", "--max_train_samples", "16",
-                                "--ddp_backend", "gloo"))]
-    proc = subprocess.run(cmd, env=script_env({}), capture_output=True, text=True, timeout=600)
+
+    def torchrun(out):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_port", str(free_port()), str(PTUNING / "main.py"),
+               *map(str, adgen_args(base_model, out, "--do_train", *extra, "--max_steps", "2",
+                                    "--per_device_train_batch_size", "2", "--max_train_samples", "16",
+                                    "--ddp_backend", "gloo"))]
+        return subprocess.run(cmd, env=script_env({}), capture_output=True, text=True, timeout=600)
+
+    out = tmp_path / f"ddp-{mode}"
+    proc = torchrun(out)
+    if proc.returncode and "terminate called without an active exception" in proc.stdout + proc.stderr:
+        # gloo's TCP transport aborts now and then while the ranks connect on a loaded machine (upstream:
+        # pytorch/pytorch#188266, pytorch/gloo#514): that race is not ours, so it gets one more try
+        out = tmp_path / f"ddp-{mode}-again"
+        proc = torchrun(out)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = proc.stdout + proc.stderr
     assert "Process rank: 0" in log and "Process rank: 1" in log and "distributed: True" in log
