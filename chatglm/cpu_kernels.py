@@ -1,6 +1,6 @@
 """C kernels for the memory-bound work of a decoding step on CPU: the products of a step's tokens (one per
-running sequence, up to MAX_TOKENS) with a float or INT8 weight, and each sequence's query attending over
-its KV cache (with the padding mask of a batch).
+running sequence, up to 32) with a float or INT8 weight, and each sequence's query attending over its KV
+cache (with the padding mask of a batch).
 
 Decoding one token reads every weight once and does two flops per weight read, so its speed is the
 memory bandwidth the kernel reaches. With 2 threads, torch's one-token products reach about 65% of it in
@@ -36,11 +36,10 @@ MIN_WEIGHT_VALUES = 1 << 16
 MIN_CACHE_VALUES = 1 << 18
 # K in whole INT8 blocks, the head size in whole AVX-512 vectors.
 K_MULTIPLE, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM = 128, 16, 256
-# A decoding step of up to this many sequences reads each weight once for all of them; longer inputs
-# (prefill) are compute-bound matrix products, torch's job. Batches take float32, float16 and INT8
-# weights, and bfloat16 ones where the CPU multiplies bfloat16 pairs (without, torch's batches are faster
-# than widening every weight to float32).
-MAX_TOKENS = 8
+# The most tokens of one product the kernels take, by weight dtype: a decoding step of that many sequences
+# reads each weight once for all of them. Beyond, torch's matrix products are as fast or faster (4096 x 4096,
+# 2 threads: float32 and float16 win up to 32 tokens, INT8 up to 16, bfloat16 up to 8).
+MOST_TOKENS = {torch.float32: 32, torch.float16: 32, torch.int8: 16, torch.bfloat16: 8}
 
 SOURCE = r"""
 #include <immintrin.h>
@@ -457,24 +456,24 @@ def _inference(*tensors):
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
-@functools.cache
-def _batch_dtypes():
-    """The weight dtypes whose products the kernels take for a batch of tokens."""
-    bfloat16 = [torch.bfloat16] if library().bf16_batches() else []  # only with bfloat16 dot products
-    return (torch.float32, torch.float16, torch.int8, *bfloat16)
+def most_tokens(dtype):
+    """The most tokens of a product with a ``dtype`` weight that the kernels take: MOST_TOKENS, and one for
+    bfloat16 on a CPU without bfloat16 dot products (torch's batches are faster than widening every weight)."""
+    if dtype == torch.bfloat16 and not library().bf16_batches():
+        return 1
+    return MOST_TOKENS.get(dtype, 0)
 
 
 def takes_matmul(x, weight):
     """Whether x [..., K] @ weight[N, K]^T is a decoding step on CPU that the kernels compute: at most
-    MAX_TOKENS tokens (one with a bfloat16 weight on a CPU without bfloat16 dot products), with a float
-    weight or INT8 values (whose row scales `matmul` applies)."""
+    ``most_tokens(weight.dtype)`` tokens, with a float weight or INT8 values (whose row scales `matmul`
+    applies)."""
     columns = weight.shape[1]
     tokens = x.numel() // columns
     return (x.device.type == "cpu" and weight.device.type == "cpu" and x.shape[-1] == columns
-            and 1 <= tokens <= MAX_TOKENS and weight.dtype in SUFFIX and weight.is_contiguous()
+            and weight.dtype in SUFFIX and weight.is_contiguous()
             and (weight.numel() >= MIN_WEIGHT_VALUES or tokens > 1) and columns % K_MULTIPLE == 0
-            and _inference(x, weight) and library() is not None
-            and (tokens == 1 or weight.dtype in _batch_dtypes()))
+            and _inference(x, weight) and library() is not None and 1 <= tokens <= most_tokens(weight.dtype))
 
 
 def matmul(x, weight, scale=None):

@@ -35,7 +35,7 @@ MASKED_SCORE = -10000.0
 
 
 class Linear(nn.Linear):
-    """nn.Linear whose decoding steps on CPU (one token per sequence, up to cpu_kernels.MAX_TOKENS) run the
+    """nn.Linear whose decoding steps on CPU (one token per sequence, up to cpu_kernels.MOST_TOKENS) run the
     kernels of cpu_kernels, which read the weight once for all of them; everything else is nn.Linear's."""
 
     def forward(self, x):

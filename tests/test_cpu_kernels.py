@@ -36,27 +36,33 @@ def test_one_token_matmul_equals_the_float64_product(dtype, x_dtype, rows):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("tokens", [2, 3, 5, 8])  # whole tiles of tokens and a remainder
+@pytest.mark.parametrize("tokens", [2, 3, 5, 8, 13, 32])  # whole tiles of tokens and a remainder
 def test_a_batch_of_tokens_matmul_equals_the_float64_product(dtype, tokens):
     generator = torch.Generator().manual_seed(0)
     weight = torch.randn(258, 256, generator=generator).to(dtype)  # small: a batch takes every size
     x = torch.randn(tokens, 1, 256, generator=generator)
     if dtype == torch.bfloat16:
-        if not cpu_kernels.library().bf16_batches():  # a CPU without bfloat16 dot products
-            assert not cpu_kernels.takes_matmul(x, weight)
-            return
         x = x.bfloat16()  # the kernel multiplies x rounded to bfloat16
+    if tokens > cpu_kernels.most_tokens(dtype):  # e.g. bfloat16 on a CPU without bfloat16 dot products
+        assert not cpu_kernels.takes_matmul(x, weight)
+        return
     assert cpu_kernels.takes_matmul(x, weight)
     out = cpu_kernels.matmul(x, weight)
     assert out.shape == (tokens, 1, 258)
     torch.testing.assert_close(out.double(), x.double() @ weight.double().T, rtol=0, atol=1e-4)
 
 
+def test_how_many_tokens_the_kernels_take():
+    assert cpu_kernels.most_tokens(torch.float32) == cpu_kernels.most_tokens(torch.float16) == 32
+    assert cpu_kernels.most_tokens(torch.int8) == 16
+    assert cpu_kernels.most_tokens(torch.bfloat16) == (8 if cpu_kernels.library().bf16_batches() else 1)
+
+
 def relative_error(out, expected):
     return ((out.double() - expected).norm() / expected.norm()).item()
 
 
-@pytest.mark.parametrize("tokens", [1, 2, 3, 8])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 8, 16])
 def test_int8_matmul_applies_the_fp16_row_scales(tokens):
     layer = QuantizedLinear.from_weight(torch.randn(514, 2048, generator=torch.Generator().manual_seed(1)), 8)
     x = torch.randn(tokens, 2048, generator=torch.Generator().manual_seed(2))
@@ -94,10 +100,12 @@ def test_int8_layer_decodes_with_the_kernel(model_dtype):
 
 def test_products_the_kernels_do_not_take():
     weight = torch.randn(256, 4096)
-    assert not cpu_kernels.takes_matmul(torch.randn(9, 4096), weight)  # more tokens than a decoding step
+    assert cpu_kernels.takes_matmul(torch.randn(32, 4096), weight)
+    assert not cpu_kernels.takes_matmul(torch.randn(33, 4096), weight)  # more tokens than the kernels take
     int8 = QuantizedLinear.from_weight(weight, 8).weight
     assert cpu_kernels.takes_matmul(torch.randn(4096), int8)
-    assert cpu_kernels.takes_matmul(torch.randn(8, 4096), int8)
+    assert cpu_kernels.takes_matmul(torch.randn(16, 4096), int8)
+    assert not cpu_kernels.takes_matmul(torch.randn(17, 4096), int8)
     small = torch.randn(64, 512)
     assert not cpu_kernels.takes_matmul(torch.randn(512), small)  # one token, cache-resident weight
     assert cpu_kernels.takes_matmul(torch.randn(2, 512), small)  # a batch takes every size
