@@ -90,7 +90,7 @@ def run_engine_level(engine, tokenizer, clients, requests, max_tokens):
             started = time.perf_counter()
             ids = prompt_ids(tokenizer, PROMPTS[(index + i) % len(PROMPTS)], [], model.config.max_sequence_length)
             sequence = Sequence(ids, max_tokens, temperature=DEFAULT_TEMPERATURE, top_p=DEFAULT_TOP_P,
-                                top_k=engine.default_top_k, ignore_eos=True)
+                                ignore_eos=True)
             engine.submit(sequence)
             sequence.done.wait()
             results.append((sequence.first_token_at - started, time.perf_counter() - started,

@@ -456,10 +456,16 @@ def _inference(*tensors):
     return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
 
 
+@functools.cache
+def _bf16_batches():
+    """Whether this build has bfloat16 dot products (asked once: a ctypes call costs a few microseconds)."""
+    return bool(library().bf16_batches())
+
+
 def most_tokens(dtype):
     """The most tokens of a product with a ``dtype`` weight that the kernels take: MOST_TOKENS, and one for
     bfloat16 on a CPU without bfloat16 dot products (torch's batches are faster than widening every weight)."""
-    if dtype == torch.bfloat16 and not library().bf16_batches():
+    if dtype == torch.bfloat16 and not _bf16_batches():
         return 1
     return MOST_TOKENS.get(dtype, 0)
 
@@ -478,8 +484,8 @@ def takes_matmul(x, weight):
 
 def matmul(x, weight, scale=None):
     """float32 [..., N]: x [..., K] (any float dtype) times weight [N, K]^T; an INT8 weight comes with its
-    row scales [N]. Check `takes_matmul` first. A bfloat16 weight may take a single token rounded to
-    bfloat16 (exact in a bfloat16 model; F.linear would need x in bfloat16 too)."""
+    row scales [N]. Check `takes_matmul` first. A bfloat16 weight may take x rounded to bfloat16 (exact in
+    a bfloat16 model; F.linear would need x in bfloat16 too)."""
     rows, columns = weight.shape
     if (weight.dtype == torch.int8) != (scale is not None):
         raise ValueError("an INT8 weight needs its row scales, a float weight has none")
@@ -507,8 +513,7 @@ def takes_attention(q, k, v, attention_mask):
             and k.dtype in (torch.float32, torch.bfloat16, torch.float16) and k.stride() == v.stride()
             and k.stride()[2:] == (head_dim, 1) and head_dim % HEAD_DIM_MULTIPLE == 0
             and head_dim <= MAX_HEAD_DIM and (k.numel() >= MIN_CACHE_VALUES or attention_mask is not None)
-            and _inference(q, k, v)
-            and library() is not None)
+            and _inference(q, k, v) and library() is not None)
 
 
 def attend(q, k, v, scale, attention_mask=None):

@@ -296,8 +296,8 @@ def create_app(tokenizer, model, settings: ServerSettings | None = None, *, mode
         return error_response(request.url.path, 500, "internal server error (the server log has the details)")
 
     def new_sequence(ids: list[int], max_new_tokens: int, temperature, top_p, top_k=None, ignore_eos=False):
-        return Sequence(ids, max_new_tokens, temperature=temperature, top_p=top_p,
-                        top_k=engine.default_top_k if top_k is None else top_k, ignore_eos=ignore_eos)
+        return Sequence(ids, max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                        ignore_eos=ignore_eos)
 
     def submit(request: Request, sequence: Sequence) -> asyncio.Task:
         """Queue ``sequence`` (503 when the queue is full) and cancel it if the client goes away."""

@@ -47,7 +47,8 @@ class QueueFull(Exception):
 class Sequence:
     """One request in the engine: a prompt, its sampling settings, and the ids generated so far.
 
-    ``temperature`` 0 means greedy; ``top_k`` 0 means no top-k limit; ``ignore_eos`` generates past the
+    ``temperature`` 0 means greedy; ``top_k`` 0 means no top-k limit, None the model's generation config (as
+    ``model.chat`` samples; the engine fills it in at ``submit``); ``ignore_eos`` generates past the
     end-of-answer token up to ``max_new_tokens``. ``on_update`` (if set) is called from
     the engine thread whenever ``output_ids`` grew or the sequence finished; ``done`` is set at the end.
     ``finish_reason`` is None while running, then "stop" (end-of-answer token), "length" (max_new_tokens),
@@ -55,13 +56,14 @@ class Sequence:
     """
 
     def __init__(self, prompt_ids: Seq[int], max_new_tokens: int, *, temperature: float = 0.95,
-                 top_p: float = 0.7, top_k: int = 50, ignore_eos: bool = False,
+                 top_p: float = 0.7, top_k: int | None = None, ignore_eos: bool = False,
                  on_update: Callable[[], None] | None = None):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         self.prompt_ids = list(prompt_ids)
         self.max_new_tokens = max_new_tokens
-        self.temperature, self.top_p, self.top_k = float(temperature), float(top_p), int(top_k)
+        self.temperature, self.top_p = float(temperature), float(top_p)
+        self.top_k = None if top_k is None else int(top_k)
         self.ignore_eos = ignore_eos
         self.on_update = on_update
         self.output_ids: list[int] = []
@@ -241,7 +243,7 @@ class Engine:
         self.max_waiting = max_waiting
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
-        # a request that names no top_k samples as `model.chat` does: with the model's generation config
+        # a sequence that names no top_k samples as `model.chat` does: with the model's generation config
         self.default_top_k = model.generation_config.top_k or 0
         self.batch: RunningBatch | None = None  # touched by the engine thread only
         self.waiting: collections.deque = collections.deque()
@@ -276,6 +278,8 @@ class Engine:
                 raise QueueFull("the server is shutting down")
             if len(self.waiting) >= self.max_waiting:
                 raise QueueFull(f"the queue is full: {len(self.waiting)} waiting")
+            if sequence.top_k is None:
+                sequence.top_k = self.default_top_k
             sequence.submitted_at = time.perf_counter()
             self.waiting.append(sequence)
             self.counts["submitted"] += 1

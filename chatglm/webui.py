@@ -61,23 +61,27 @@ def build_demo(tokenizer, model, *, title: str = "ChatGLM", concurrency_limit: i
             ids = prompt_ids(tokenizer, query, history, max_length)
             # temperature 0 is greedy decoding, as in model.chat(do_sample=False)
             sequence = Sequence(ids, max_length - len(ids), temperature=max(0.0, float(temperature)),
-                                top_p=float(top_p), top_k=engine.default_top_k)
+                                top_p=float(top_p))
             engine.submit(sequence)
         except (PromptTooLong, QueueFull) as exc:
             gr.Warning(f"Could not answer: {exc}")
             yield history_to_messages(history), history
             return
         answer = TextStream(tokenizer)
+
+        def shown():  # the chat with the answer so far, and the history it makes
+            return messages + [{"role": "assistant", "content": answer.text}], history + [(query, answer.text)]
+
         with contextlib.closing(follow_blocking(engine, sequence)) as updates:
             for _ in updates:
                 if answer.update(sequence.output_ids):
-                    yield messages + [{"role": "assistant", "content": answer.text}], history + [(query, answer.text)]
+                    yield shown()
         if sequence.finish_reason == ERROR:
             gr.Warning(f"Could not answer: {sequence.error}")
             yield history_to_messages(history), history
             return
         answer.finish(sequence.output_ids)
-        yield messages + [{"role": "assistant", "content": answer.text}], history + [(query, answer.text)]
+        yield shown()
 
     def reset_state():
         return [], []
