@@ -1,18 +1,20 @@
 """C kernels for the memory-bound work of a decoding step on CPU: the products of a step's tokens (one per
-running sequence, up to 32) with a float or INT8 weight, and each sequence's query attending over its KV
-cache (with the padding mask of a batch).
+running sequence, up to 32) with a float, INT8 or INT4 weight, and each sequence's query attending over its
+KV cache (with the padding mask of a batch).
 
 Decoding one token reads every weight once and does two flops per weight read, so its speed is the
 memory bandwidth the kernel reaches. With 2 threads, torch's one-token products reach about 65% of it in
-bfloat16 and 50% in float32 (its float32 matrix-vector product runs on one core), and its CPU attention
-for a bfloat16 cache is 3x slower than reading that cache. These kernels stream the weight once with
-SIMD loads and float32 accumulation (80% and more). A batch of tokens shares each load of the weight, where
-torch's small-M products cost 3-4x at 8 tokens what they cost at one.
+bfloat16 and 50% in float32 (its float32 matrix-vector product runs on one core), its int4 kernel is
+limited by instructions (about 30 GB/s), and its CPU attention for a bfloat16 cache is 3x slower than
+reading that cache. These kernels stream the weight once with SIMD loads and float32 accumulation. A batch
+of tokens shares each load of the weight, where torch's small-M products cost 3-4x at 8 tokens what they
+cost at one. INT4 is read in the original checkpoint's packed layout, so no second layout is needed.
 
 The C source below is compiled once per machine with the system compiler (`cc -O3 -march=native
 -fopenmp`, as the original ChatGLM-6B compiled its CPU INT4 kernels) into a cache folder, and called
 through ctypes, which releases the GIL. Without a compiler, or on a CPU without AVX2/FMA/F16C (or
-AVX-512), every product stays with torch: same answers, slower. CHATGLM_CPU_KERNELS=0 turns them off.
+AVX-512), every product stays with torch: same answers (INT4 within its activation rounding), slower.
+CHATGLM_CPU_KERNELS=0 turns them off.
 """
 
 import ctypes
@@ -36,16 +38,17 @@ MIN_WEIGHT_VALUES = 1 << 16
 MIN_CACHE_VALUES = 1 << 18
 # K in whole INT8 blocks, the head size in whole AVX-512 vectors.
 K_MULTIPLE, HEAD_DIM_MULTIPLE, MAX_HEAD_DIM = 128, 16, 256
-# The most tokens of one product the kernels take, by weight dtype: a decoding step of that many sequences
+# The most tokens of one product the kernels take, by kind of weight: a decoding step of that many sequences
 # reads each weight once for all of them. Beyond, torch's matrix products are as fast or faster (4096 x 4096,
 # 2 threads: float32 and float16 win up to 32 tokens, INT8 up to 16, bfloat16 up to 8).
-MOST_TOKENS = {torch.float32: 32, torch.float16: 32, torch.int8: 16, torch.bfloat16: 8}
+MOST_TOKENS = {"f32": 32, "f16": 32, "i8": 16, "bf16": 8, "i4": 32}
 
 SOURCE = r"""
 #include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #define VL 16
@@ -85,10 +88,20 @@ static inline vi i_zero(void) { return _mm512_setzero_si512(); }
 static inline vi i_i16(const int16_t *p) { return _mm512_loadu_si512(p); }
 static inline vi i_i8(const int8_t *p) { return _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)p)); }
 static inline vf i_float(vi a) { return _mm512_cvtepi32_ps(a); }
+#define I4_MB_MAX 2  /* INT4 tiles: 8 int32 and 8 float sums + unpacked weights + x */
+static inline vi b_load(const void *p) { return _mm512_loadu_si512(p); }
+static inline vi b_set(char a) { return _mm512_set1_epi8(a); }
+static inline vi b_and(vi a, vi b) { return _mm512_and_si512(a, b); }
+static inline vi b_xor(vi a, vi b) { return _mm512_xor_si512(a, b); }
+static inline vi b_high_nibbles(vi a) { return _mm512_and_si512(_mm512_srli_epi16(a, 4), _mm512_set1_epi8(0x0F)); }
 #if defined(__AVX512VNNI__)
 static inline vi i_dot_add(vi acc, vi a, vi b) { return _mm512_dpwssd_epi32(acc, a, b); }
+static inline vi u8_dot_add(vi acc, vi u, vi s) { return _mm512_dpbusd_epi32(acc, u, s); }
 #else
 static inline vi i_dot_add(vi acc, vi a, vi b) { return _mm512_add_epi32(acc, _mm512_madd_epi16(a, b)); }
+static inline vi u8_dot_add(vi acc, vi u, vi s) {
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)));
+}
 #endif
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define VL 8
@@ -132,6 +145,16 @@ static inline vi i_i16(const int16_t *p) { return _mm256_loadu_si256((const __m2
 static inline vi i_i8(const int8_t *p) { return _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)p)); }
 static inline vf i_float(vi a) { return _mm256_cvtepi32_ps(a); }
 static inline vi i_dot_add(vi acc, vi a, vi b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+#define I4_MB_MAX 1
+static inline vi b_load(const void *p) { return _mm256_loadu_si256((const __m256i *)p); }
+static inline vi b_set(char a) { return _mm256_set1_epi8(a); }
+static inline vi b_and(vi a, vi b) { return _mm256_and_si256(a, b); }
+static inline vi b_xor(vi a, vi b) { return _mm256_xor_si256(a, b); }
+static inline vi b_high_nibbles(vi a) { return _mm256_and_si256(_mm256_srli_epi16(a, 4), _mm256_set1_epi8(0x0F)); }
+/* 16 unsigned bytes times 16 signed bytes, summed by fours into int32: no overflow for nibbles (15 * 128 * 2) */
+static inline vi u8_dot_add(vi acc, vi u, vi s) {
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
 #else
 #error "the CPU kernels need AVX2, FMA and F16C, or AVX-512"
 #endif
@@ -333,6 +356,130 @@ void matmul_i8(const float *x, const int8_t *w, const float *scale, float *y, in
     free(xq);
 }
 
+/* INT4 weights, read in the original's packed layout: byte j of a row holds w[2j] in its high nibble and
+   w[2j + 1] in its low one (two's complement). x is rounded to int8 and laid out chunk by chunk (I4_CHUNK
+   values: the weights of one vector load of a row's bytes) as the chunk's even positions, then its odd ones.
+   The high nibbles of a load then meet the even x, and the low nibbles the odd x, in one unsigned-by-signed
+   byte dot product each, whose int32 lane i sums positions 8i..8i+7 of the chunk. The lanes add up over a
+   span of I4_SPAN chunks before one conversion to float, so x is rounded in groups of 8 values at the same
+   place of each chunk of a span (32 values), each group with its own step (its largest |value| / 127). The
+   nibbles are read as w + 8 (0..15: the dot products take unsigned bytes), and each token's
+   8 * sum(rounded x) is taken off once at the end. */
+#define I4_CHUNK (8 * VL)
+#define I4_SPAN 4
+static void round_for_i4(const float *x, int64_t K, int8_t *xq, float *steps, float *offset) {
+    const int64_t chunks = K / I4_CHUNK;
+    float total = 0;
+    for (int64_t first = 0; first < chunks; first += I4_SPAN) {
+        const int64_t last = first + I4_SPAN < chunks ? first + I4_SPAN : chunks;
+        for (int lane = 0; lane < VL; lane++, steps++) {
+            float top = 0;
+            int finite = 1, sum = 0;
+            for (int64_t c = first; c < last; c++)
+                for (int k = 0; k < 8; k++) {
+                    float value = x[c * I4_CHUNK + lane * 8 + k];
+                    top = fmaxf(top, fabsf(value)), finite &= isfinite(value);
+                }
+            *steps = finite ? (top > 0 ? top / 127 : 1) : NAN;  /* inf or NaN in x: NaN out */
+            for (int64_t c = first; c < last; c++) {
+                int8_t *even = xq + c * I4_CHUNK + lane * 4, *odd = even + I4_CHUNK / 2;
+                const float *xg = x + c * I4_CHUNK + lane * 8;
+                for (int k = 0; k < 4; k++) {
+                    even[k] = finite ? (int8_t)lrintf(xg[2 * k] / *steps) : 0;
+                    odd[k] = finite ? (int8_t)lrintf(xg[2 * k + 1] / *steps) : 0;
+                    sum += even[k] + odd[k];
+                }
+            }
+            total += sum * *steps;
+        }
+    }
+    *offset = 8 * total;
+}
+
+/* Four INT4 rows times MB rounded tokens: each load of a row's bytes is unpacked once for the MB tokens. */
+static inline __attribute__((always_inline)) void tile_i4(const int8_t *xq, const float *steps, const float *offset,
+                                                          const int8_t *w, const float *scale, float *y, int64_t N,
+                                                          int64_t K, const int MB) {
+    const int64_t chunks = K / I4_CHUNK;
+    const vi low = b_set(0x0F), eight = b_set(0x08);
+    vf f[4][4];  /* MB <= 4 */
+    for (int m = 0; m < MB; m++)
+        for (int r = 0; r < 4; r++) f[m][r] = v_zero();
+    for (int64_t c = 0, span = 0; c < chunks; span++) {
+        vi a[4][4];
+        for (int m = 0; m < MB; m++)
+            for (int r = 0; r < 4; r++) a[m][r] = i_zero();
+        for (const int64_t last = c + I4_SPAN < chunks ? c + I4_SPAN : chunks; c < last; c++)
+            for (int r = 0; r < 4; r++) {
+                vi bytes = b_load(w + r * (K / 2) + c * (I4_CHUNK / 2));
+                _mm_prefetch((const char *)(w + (r + 4) * (K / 2) + c * (I4_CHUNK / 2)), _MM_HINT_T0);
+                vi high_w = b_xor(b_high_nibbles(bytes), eight), low_w = b_xor(b_and(bytes, low), eight);  /* w + 8 */
+                for (int m = 0; m < MB; m++) {
+                    const int8_t *xc = xq + m * K + c * I4_CHUNK;
+                    a[m][r] = u8_dot_add(u8_dot_add(a[m][r], high_w, b_load(xc)), low_w, b_load(xc + I4_CHUNK / 2));
+                }
+            }
+        for (int m = 0; m < MB; m++) {
+            vf step = v_f32(steps + m * (K / 8) + span * VL);
+            for (int r = 0; r < 4; r++) f[m][r] = v_fma(i_float(a[m][r]), step, f[m][r]);
+        }
+    }
+    __m128 scales = _mm_loadu_ps(scale);
+    for (int m = 0; m < MB; m++)
+        _mm_storeu_ps(y + m * N, _mm_mul_ps(_mm_sub_ps(v_sum4(f[m][0], f[m][1], f[m][2], f[m][3]),
+                                                       _mm_set1_ps(offset[m])), scales));
+}
+
+void matmul_i4(const float *x, const int8_t *w, const float *scale, float *y, int64_t M, int64_t N, int64_t K,
+               int threads) {
+    int8_t *xq = malloc(M * K);
+    float *steps = malloc(M * (K / 8) * sizeof(float)), *offset = malloc(M * sizeof(float));  /* K / 8 >= steps */
+    for (int64_t m = 0; m < M; m++) round_for_i4(x + m * K, K, xq + m * K, steps + m * (K / 8), offset + m);
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t n = 0; n < N - 3; n += 4)
+        for (int64_t m = 0; m < M; m += I4_MB_MAX) {
+            const int8_t *xm = xq + m * K, *wn = w + n * (K / 2);
+            const float *sm = steps + m * (K / 8), *om = offset + m;
+            float *ym = y + m * N + n;
+            switch (M - m < I4_MB_MAX ? M - m : I4_MB_MAX) {
+            case 1: tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 1); break;
+            case 2: tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 2); break;
+            case 3: tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 3); break;
+            default: tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 4); break;
+            }
+        }
+    for (int64_t n = N - N % 4; n < N; n++)  /* the last rows, eight signed values at a time */
+        for (int64_t m = 0; m < M; m++) {
+            float sum = 0;
+            for (int64_t g = 0; g < K / 8; g++) {  /* positions 8g..8g+7: lane g % VL of chunk g / VL */
+                int64_t chunk = g / VL, lane = g % VL;
+                const int8_t *even = xq + m * K + chunk * I4_CHUNK + lane * 4, *odd = even + I4_CHUNK / 2;
+                int run = 0;
+                for (int k = 0; k < 4; k++) {
+                    int8_t byte = w[n * (K / 2) + g * 4 + k];
+                    run += (byte >> 4) * even[k] + ((int8_t)(byte << 4) >> 4) * odd[k];
+                }
+                sum += run * steps[m * (K / 8) + chunk / I4_SPAN * VL + lane];
+            }
+            y[m * N + n] = sum * scale[n];
+        }
+    free(offset);
+    free(steps);
+    free(xq);
+}
+
+/* The values of count packed INT4 bytes as 2 * count bfloat16 (exact), in order: the weight that long
+   prompts multiply with F.linear. */
+void unpack_i4_bf16(const int8_t *w, uint32_t *out, int64_t count, int threads) {
+    #pragma omp parallel for schedule(static) num_threads(threads)
+    for (int64_t j = 0; j < count; j++) {
+        float high = (float)(w[j] >> 4), low = (float)((int8_t)(w[j] << 4) >> 4);
+        uint32_t high_bits, low_bits;
+        memcpy(&high_bits, &high, 4), memcpy(&low_bits, &low, 4);
+        out[j] = (high_bits >> 16) | (low_bits & 0xFFFF0000u);  /* little-endian: w[2j] first */
+    }
+}
+
 /* One query per (batch, head) over L cached positions: out = softmax(scale * q.k_j) @ v, in float32.
    k and v are [batch, heads, L, D] with rows of D contiguous and the given batch and head strides
    (a view of a cache buffer longer than L); scores is scratch of batch * heads * L floats. mask (or NULL)
@@ -448,7 +595,9 @@ def library():
     for suffix in ("f32", "bf16", "f16"):
         getattr(lib, f"matmul_{suffix}").argtypes = [pointer] * 3 + [size] * 3 + [ctypes.c_int]
         getattr(lib, f"attend_{suffix}").argtypes = [pointer] * 6 + [size] * 6 + [ctypes.c_float, ctypes.c_int]
-    lib.matmul_i8.argtypes = [pointer] * 4 + [size] * 3 + [ctypes.c_int]  # with the row scales
+    for suffix in ("i8", "i4"):  # with the row scales
+        getattr(lib, f"matmul_{suffix}").argtypes = [pointer] * 4 + [size] * 3 + [ctypes.c_int]
+    lib.unpack_i4_bf16.argtypes = [pointer, pointer, size, ctypes.c_int]
     return lib
 
 
@@ -462,36 +611,44 @@ def _bf16_batches():
     return bool(library().bf16_batches())
 
 
-def most_tokens(dtype):
-    """The most tokens of a product with a ``dtype`` weight that the kernels take: MOST_TOKENS, and one for
-    bfloat16 on a CPU without bfloat16 dot products (torch's batches are faster than widening every weight)."""
+def _kind(weight, int4):
+    """The kernels' name for a weight: its dtype's suffix, or "i4" for INT4 bytes (two values each)."""
+    return "i4" if int4 else SUFFIX.get(weight.dtype)
+
+
+def most_tokens(dtype, int4=False):
+    """The most tokens of a product with a ``dtype`` weight (or packed INT4 bytes) that the kernels take:
+    MOST_TOKENS, and one for bfloat16 on a CPU without bfloat16 dot products (torch's batches are faster
+    than widening every weight)."""
     if dtype == torch.bfloat16 and not _bf16_batches():
         return 1
-    return MOST_TOKENS.get(dtype, 0)
+    return MOST_TOKENS.get("i4" if int4 else SUFFIX.get(dtype), 0)
 
 
-def takes_matmul(x, weight):
+def takes_matmul(x, weight, int4=False):
     """Whether x [..., K] @ weight[N, K]^T is a decoding step on CPU that the kernels compute: at most
-    ``most_tokens(weight.dtype)`` tokens, with a float weight or INT8 values (whose row scales `matmul`
-    applies)."""
-    columns = weight.shape[1]
+    ``most_tokens`` tokens, with a float weight, INT8 values or (``int4``) the original's packed INT4 bytes
+    [N, K / 2] (whose row scales `matmul` applies). INT4 has no torch kernel in that layout, so it is taken
+    at every size."""
+    columns = weight.shape[1] * (2 if int4 else 1)
     tokens = x.numel() // columns
     return (x.device.type == "cpu" and weight.device.type == "cpu" and x.shape[-1] == columns
-            and weight.dtype in SUFFIX and weight.is_contiguous()
-            and (weight.numel() >= MIN_WEIGHT_VALUES or tokens > 1) and columns % K_MULTIPLE == 0
-            and _inference(x, weight) and library() is not None and 1 <= tokens <= most_tokens(weight.dtype))
+            and weight.dtype in SUFFIX and (not int4 or weight.dtype == torch.int8) and weight.is_contiguous()
+            and (weight.numel() >= MIN_WEIGHT_VALUES or tokens > 1 or int4) and columns % K_MULTIPLE == 0
+            and _inference(x, weight) and library() is not None
+            and 1 <= tokens <= most_tokens(weight.dtype, int4))
 
 
-def matmul(x, weight, scale=None):
-    """float32 [..., N]: x [..., K] (any float dtype) times weight [N, K]^T; an INT8 weight comes with its
-    row scales [N]. Check `takes_matmul` first. A bfloat16 weight may take x rounded to bfloat16 (exact in
-    a bfloat16 model; F.linear would need x in bfloat16 too)."""
-    rows, columns = weight.shape
+def matmul(x, weight, scale=None, int4=False):
+    """float32 [..., N]: x [..., K] (any float dtype) times weight [N, K]^T; INT8 values and packed INT4
+    bytes [N, K / 2] (``int4``) come with their row scales [N]. Check `takes_matmul` first. A bfloat16 weight
+    may take x rounded to bfloat16 (exact in a bfloat16 model; F.linear would need x in bfloat16 too)."""
+    rows, columns = weight.shape[0], weight.shape[1] * (2 if int4 else 1)
     if (weight.dtype == torch.int8) != (scale is not None):
-        raise ValueError("an INT8 weight needs its row scales, a float weight has none")
+        raise ValueError("integer weights need their row scales, a float weight has none")
     x32 = x.reshape(-1, columns).float().contiguous()  # [tokens, K]
     out = torch.empty(x32.shape[0], rows, dtype=torch.float32)
-    kernel = getattr(library(), f"matmul_{SUFFIX[weight.dtype]}")
+    kernel = getattr(library(), f"matmul_{_kind(weight, int4)}")
     if scale is None:
         kernel(x32.data_ptr(), weight.data_ptr(), out.data_ptr(), x32.shape[0], rows, columns,
                torch.get_num_threads())
@@ -500,6 +657,16 @@ def matmul(x, weight, scale=None):
         kernel(x32.data_ptr(), weight.data_ptr(), scale32.data_ptr(), out.data_ptr(), x32.shape[0], rows, columns,
                torch.get_num_threads())
     return out.view(*x.shape[:-1], rows)
+
+
+def unpack_int4_bfloat16(packed, out):
+    """Fill ``out`` bfloat16 [N, K] with the signed values of the original's packed INT4 bytes [N, K / 2]
+    (needs the kernels: check `library()`); returns ``out``."""
+    if packed.numel() * 2 != out.numel() or out.dtype != torch.bfloat16 or not out.is_contiguous():
+        raise ValueError("out must be a contiguous bfloat16 tensor of two values per packed byte")
+    packed = packed.contiguous()
+    library().unpack_i4_bf16(packed.data_ptr(), out.data_ptr(), packed.numel(), torch.get_num_threads())
+    return out
 
 
 def takes_attention(q, k, v, attention_mask):

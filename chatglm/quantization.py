@@ -1,17 +1,18 @@
-"""Weight-only INT8/INT4 quantization of the ChatGLM block Linear layers, in pure torch.
+"""Weight-only INT8/INT4 quantization of the ChatGLM block Linear layers.
 
 Same scheme and checkpoint format as the original (and the `THUDM/chatglm-6b-int4`/`-int8` checkpoints):
 symmetric, one fp16 scale per output row, `weight` stored as int8 [out, in * bits / 8], INT4 packed
 two per byte with byte j = (w[2j] << 4) | (w[2j+1] & 0xF).
 
-On CPU an INT8 layer decoding one token runs the C kernel of cpu_kernels (float32 activations, the fp16
-row scales applied inside). Otherwise every layer runs torch's weight-only kernels with bfloat16
-activations, whatever the model's dtype (with float32 activations the same kernels are about 20x
-slower), and applies the fp16 row scales to the kernel's output. INT4 weights are re-packed once into
-the layout of torch's CPU int4 kernel, so they stay at half a byte per weight; `state_dict()` writes
-them back in the original layout. For long prompts the integer weight is expanded into a reusable
-bfloat16 buffer and multiplied with `F.linear`, which beats both kernels there. On other devices the
-weight is dequantized just in time.
+On CPU, decoding steps (and prompts of up to 32 tokens for INT4) run the C kernels of cpu_kernels with
+float32 activations, whatever the model's dtype, the row scales applied inside; INT4 stays in the
+original layout, which they read at half a byte per weight. Longer INT4 prompts expand the weight into a
+reusable bfloat16 buffer and multiply it with `F.linear`. Without the C kernels every layer runs torch's
+weight-only kernels with bfloat16 activations (with float32 ones the same kernels are about 20x slower)
+and applies the fp16 row scales to their output; INT4 weights are then re-packed once into the layout of
+torch's CPU int4 kernel, and `state_dict()` writes them back in the original layout. INT8 prompts of 32
+tokens and more use the bfloat16 buffer and `F.linear`, which beats both kernels there. On other devices
+the weight is dequantized just in time.
 """
 
 import functools
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_kernels import matmul, takes_matmul
+from .cpu_kernels import library, matmul, most_tokens, takes_matmul, unpack_int4_bfloat16
 
 SUPPORTED_BITS = (4, 8)
 BLOCK_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
@@ -197,6 +198,11 @@ def _unit_row_scales(out_features):
     return torch.ones(out_features, dtype=CPU_COMPUTE_DTYPE)
 
 
+@functools.cache
+def _unit_float_scales(out_features):
+    return torch.ones(out_features, dtype=torch.float32)
+
+
 def _is_aligned(t):
     return t.is_contiguous() and t.data_ptr() % KERNEL_ALIGNMENT == 0
 
@@ -286,8 +292,8 @@ class QuantizedLinear(QuantizedWeight):
         # model needs the input gradient), and off the CPU, the dequantized weight is used instead.
         if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return F.linear(x, self.dequantize(x.dtype), bias)
-        if self.bits == 8 and takes_matmul(x, self.weight):  # a decoding step: float32 activations
-            out = matmul(x, self.weight, self.weight_scale).to(x.dtype)
+        if takes_matmul(x, self.weight, int4=self.bits == 4):  # a decoding step: float32 activations
+            out = matmul(x, self.weight, self.weight_scale, int4=self.bits == 4).to(x.dtype)
             return out if bias is None else out + bias
         tokens = x.reshape(-1, self.in_features).to(CPU_COMPUTE_DTYPE)  # [tokens, in]
         # one op: the product is computed in the wider of the two dtypes, then rounded to the model's
@@ -297,6 +303,8 @@ class QuantizedLinear(QuantizedWeight):
 
     def cpu_integer_matmul(self, tokens):
         """tokens [n, in] (bfloat16) times the integer weight, unscaled: [n, out] bfloat16."""
+        if self.bits == 4 and library() is not None:
+            return self._int4_matmul_original_layout(tokens)
         if tokens.shape[0] >= DEQUANTIZED_MATMUL_MIN_TOKENS[self.bits] and self.fits_scratch:
             return F.linear(tokens, self._integer_values_bfloat16())
         tokens = _aligned(tokens)
@@ -310,6 +318,16 @@ class QuantizedLinear(QuantizedWeight):
         group_size = int4_kernel_group_size(self.in_features)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             tokens, kernel_weight, group_size, _unit_group_scales(self.in_features, self.out_features, group_size))
+
+    def _int4_matmul_original_layout(self, tokens):
+        """More tokens than the C kernels take at once (a prompt), with the weight in the original layout
+        that they read: the weight expanded to bfloat16 and F.linear, or, for a weight too big for the
+        scratch buffer (a quantized LM head), the kernels a few tokens at a time."""
+        if self.fits_scratch or not takes_matmul(tokens[:1], self.weight, int4=True):
+            return F.linear(tokens, self._integer_values_bfloat16())
+        ones = _unit_float_scales(self.out_features)
+        parts = tokens.split(most_tokens(self.weight.dtype, int4=True))
+        return torch.cat([matmul(part, self.weight, ones, int4=True) for part in parts]).to(CPU_COMPUTE_DTYPE)
 
     @property
     def fits_scratch(self):
@@ -332,6 +350,8 @@ class QuantizedLinear(QuantizedWeight):
         if not self.fits_scratch:
             return self.integer_values().to(CPU_COMPUTE_DTYPE)
         values = _bfloat16_scratch(self.out_features, self.in_features)
+        if self.bits == 4 and not self.in_cpu_kernel_layout and library() is not None:
+            return unpack_int4_bfloat16(self.weight, values)
         layout = int4_cpu_layout()
         if not self.in_cpu_kernel_layout or self.out_features % layout.rows:
             return values.copy_(self.integer_values())

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, cpu_kernels, modeling_chatglm
-from chatglm.quantization import QuantizedLinear
+from chatglm.quantization import QuantizedLinear, pack_int4, unpack_int4
 
 
 def test_the_kernels_build_where_a_compiler_is_installed():
@@ -56,6 +56,7 @@ def test_how_many_tokens_the_kernels_take():
     assert cpu_kernels.most_tokens(torch.float32) == cpu_kernels.most_tokens(torch.float16) == 32
     assert cpu_kernels.most_tokens(torch.int8) == 16
     assert cpu_kernels.most_tokens(torch.bfloat16) == (8 if cpu_kernels.library().bf16_batches() else 1)
+    assert cpu_kernels.most_tokens(torch.int8, int4=True) == 32
 
 
 def relative_error(out, expected):
@@ -98,6 +99,47 @@ def test_int8_layer_decodes_with_the_kernel(model_dtype):
     assert relative_error(out, expected) < 1e-4
 
 
+def int4_layer(rows, columns, seed=1):
+    return QuantizedLinear.from_weight(torch.randn(rows, columns, generator=torch.Generator().manual_seed(seed)), 4)
+
+
+def int4_error(out, x, layer):
+    """The largest error of any output against the float64 product with the dequantized weight, in units
+    of the outputs' spread: about 0.01 from the int8 activations, about 1 for a wrong row or token."""
+    expected = x.double() @ layer.dequantize(torch.float64).T
+    return ((out.double() - expected).abs().max() / expected.std()).item()
+
+
+@pytest.mark.parametrize("tokens", [1, 2, 3, 5, 8, 32])  # whole tiles of two tokens and a remainder
+@pytest.mark.parametrize("rows, columns", [(514, 2048), (131, 384)])  # last rows outside the tiles; a short span
+def test_int4_matmul_reads_the_original_layout_and_applies_the_row_scales(tokens, rows, columns):
+    layer = int4_layer(rows, columns)
+    x = torch.randn(tokens, columns, generator=torch.Generator().manual_seed(2))
+    assert cpu_kernels.takes_matmul(x, layer.weight, int4=True)
+    out = cpu_kernels.matmul(x, layer.weight, layer.weight_scale, int4=True)
+    assert out.shape == (tokens, rows) and out.dtype == torch.float32
+    # x meets the nibbles as int8 (steps of 1/127 of each group of 32 values' largest)
+    assert int4_error(out, x, layer) < 0.03
+
+
+def test_int4_matmul_keeps_an_outlier_to_its_group_and_propagates_nan():
+    layer = int4_layer(256, 4096)
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(2))
+    x[7] = 300.0  # an outlier feature coarsens the int8 step of its group of 32 only (as in chatglm.cpp's q8_0)
+    expected = x.double() @ layer.dequantize(torch.float64).T
+    out = cpu_kernels.matmul(x, layer.weight, layer.weight_scale, int4=True)
+    assert relative_error(out, expected) < 0.03  # 0.015 here; rounding a random weight to 4 bits costs 0.17
+    x[9] = float("nan")
+    assert cpu_kernels.matmul(x, layer.weight, layer.weight_scale, int4=True).isnan().all()
+
+
+def test_int4_bytes_unpack_to_their_exact_bfloat16_values():
+    values = torch.randint(-8, 8, (96, 256), generator=torch.Generator().manual_seed(3), dtype=torch.int8)
+    out = cpu_kernels.unpack_int4_bfloat16(pack_int4(values), torch.empty(96, 256, dtype=torch.bfloat16))
+    assert torch.equal(out, values.to(torch.bfloat16))
+    assert torch.equal(unpack_int4(pack_int4(values)), values)
+
+
 def test_products_the_kernels_do_not_take():
     weight = torch.randn(256, 4096)
     assert cpu_kernels.takes_matmul(torch.randn(32, 4096), weight)
@@ -114,6 +156,12 @@ def test_products_the_kernels_do_not_take():
     assert not cpu_kernels.takes_matmul(torch.randn(4096, requires_grad=True), weight)  # autograd records
     with torch.no_grad():
         assert cpu_kernels.takes_matmul(torch.randn(4096, requires_grad=True), weight)
+    packed = QuantizedLinear.from_weight(small, 4).weight  # int8 [64, 256]: two values a byte
+    assert cpu_kernels.takes_matmul(torch.randn(512), packed, int4=True)  # INT4 at every size
+    assert cpu_kernels.takes_matmul(torch.randn(32, 512), packed, int4=True)
+    assert not cpu_kernels.takes_matmul(torch.randn(33, 512), packed, int4=True)
+    assert not cpu_kernels.takes_matmul(torch.randn(256), packed, int4=True)  # K is twice the bytes
+    assert not cpu_kernels.takes_matmul(torch.randn(512), packed.view(torch.uint8), int4=True)  # torch's layout
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -218,6 +266,7 @@ def test_the_builds_for_other_cpus_compute_the_same(march, tmp_path):
     tests = [f"{__file__}::{name}" for name in ("test_one_token_matmul_equals_the_float64_product",
                                                 "test_a_batch_of_tokens_matmul_equals_the_float64_product",
                                                 "test_int8_matmul_applies_the_fp16_row_scales",
+                                                "test_int4_matmul_reads_the_original_layout_and_applies_the_row_scales",
                                                 "test_one_query_attention_over_a_cache_buffer_view")]
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env,
                             capture_output=True, text=True)
