@@ -55,7 +55,10 @@ def load_streaming(model_class, path, config=None, dtype="auto", torch_dtype=Non
         logger.warning("%s is stored quantized to %d bits: it loads as stored (quantization_bit=%d ignored; "
                        "re-quantizing needs the full-precision checkpoint)", path, stored_bits, quantization_bit)
     config.quantization_bit = stored_bits or int(quantization_bit or 0)
-    if quantize_embeddings and not stored_bits:
+    # Not only where the checkpoint is stored unquantized: AutoModel.from_pretrained moves a
+    # quantization_bit argument into the config, which then looks like a checkpoint stored quantized; the
+    # embeddings of either kind quantize as they arrive, if they are stored in float.
+    if quantize_embeddings:
         if not config.quantization_bit:
             raise ValueError("quantize_embeddings needs quantization_bit (4 or 8)")
         config.quantization_embeddings = True

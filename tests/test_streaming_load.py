@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import REPO_ROOT
 from test_checkpoints import write_real_sharded_layout
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 
 from chatglm import ChatGLMForConditionalGeneration
 from chatglm.quantization import QuantizedLinear
@@ -76,6 +76,21 @@ def test_quantized_embeddings_while_loading(checkpoints, dtype, tmp_path):
     assert model.lm_head.weight is model.transformer.word_embeddings.weight
     model.save_pretrained(tmp_path)
     assert_same_state(ChatGLMForConditionalGeneration.from_pretrained(tmp_path, dtype=dtype), model)
+
+
+def test_quantized_embeddings_through_automodel_and_from_a_prequantized_folder(checkpoints, tmp_path):
+    """AutoModel moves quantization_bit into the config, where it looks like a checkpoint stored quantized;
+    quantize_embeddings must still be honoured there, and for a folder stored INT4 with float embeddings."""
+    expected = ChatGLMForConditionalGeneration.from_pretrained(checkpoints["sharded-bin"], dtype=torch.float32,
+                                                               quantization_bit=4, quantize_embeddings=True)
+    auto = AutoModel.from_pretrained(checkpoints["sharded-bin"], dtype=torch.float32, quantization_bit=4,
+                                     quantize_embeddings=True)
+    assert isinstance(auto.lm_head, QuantizedLinear) and auto.config.quantization_embeddings
+    assert_same_state(auto, expected)
+    ChatGLMForConditionalGeneration.from_pretrained(checkpoints["sharded-bin"], dtype=torch.float32,
+                                                    quantization_bit=4).save_pretrained(tmp_path)
+    stored = ChatGLMForConditionalGeneration.from_pretrained(tmp_path, dtype=torch.float32, quantize_embeddings=True)
+    assert_same_state(stored, expected)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
