@@ -197,6 +197,8 @@ def test_attention_the_kernels_do_not_take():
     assert not cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), k, v, torch.zeros(1, 1, 1, 300))  # additive
     short = torch.randn(1, 8, 16, 128)
     assert not cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), short, short, None)  # cache-resident
+    half = short.bfloat16()  # torch's attention over a short bfloat16 cache is several times slower
+    assert cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128, dtype=torch.bfloat16), half, half, None)
     assert cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), short, short, torch.ones(1, 1, 1, 16, dtype=bool))
 
 
