@@ -1,25 +1,28 @@
 """Time one quantized layer of ChatGLM-6B's width on CPU, per path and number of tokens.
 
-For each width (INT8, INT4) and token count: the kernel path (torch's weight-only kernel with bfloat16
-activations; for INT8 at one token, the C kernel of chatglm/cpu_kernels.py, as decoding runs it), the
-integer weight expanded to bfloat16 + F.linear (what long prompts use), and, for a few tokens, the
-kernel with float32 activations (the slow path a float32 model used to take). The fastest of the first
-two decides `DEQUANTIZED_MATMUL_MIN_TOKENS` in chatglm/quantization.py.
+For each width (INT8, INT4) and token count: what the layer runs (`layer(x)`: the C kernel of
+chatglm/cpu_kernels.py for decoding steps and short prompts, else torch's weight-only kernel or the
+integer weight expanded to bfloat16 + F.linear), and beside it torch's weight-only kernel with bfloat16
+activations and the expanded weight + F.linear, timed alone. The crossing of the last two decides
+`DEQUANTIZED_MATMUL_MIN_TOKENS` in chatglm/quantization.py; `cpu_kernels.MOST_TOKENS` where the C kernel
+stops. Eight copies of the weight are used in turn, so that none stays in the L3 cache.
 
     python benchmarks/quantized_kernels.py            # 16384x4096 (dense_h_to_4h)
     python benchmarks/quantized_kernels.py --shape 4096 16384 --tokens 1,16,128
 """
 
 import argparse
+import itertools
 import time
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 
-from chatglm import quantization
+from chatglm import cpu_kernels, quantization
 from chatglm.quantization import QuantizedLinear
 
-NEVER = 1 << 30
+COPIES = 8
 
 
 def best_ms(function, repeats):
@@ -32,22 +35,47 @@ def best_ms(function, repeats):
     return best * 1e3
 
 
-def time_path(layer, x, min_tokens, repeats):
-    """ms per forward with the kernel/F.linear switch set at min_tokens."""
-    saved = quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[layer.bits]
-    quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[layer.bits] = min_tokens
-    try:
-        with torch.no_grad():
-            return best_ms(lambda: layer(x), repeats)
-    finally:
-        quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[layer.bits] = saved
+def best_ms_over(layers, function, repeats):
+    """Best time of function(layer), each call with the next of the layers."""
+    turn = itertools.cycle(layers)
+    return best_ms(lambda: function(next(turn)), repeats)
+
+
+def run_layer(x, layer):
+    return layer(x)
+
+
+def expanded_linear(x, layer):
+    return F.linear(x, layer._integer_values_bfloat16())
+
+
+def path_taken(layer, tokens):
+    x = torch.empty(tokens, layer.in_features)
+    if cpu_kernels.takes_matmul(x, layer.weight, int4=layer.bits == 4):
+        return "C kernel"
+    if layer.bits == 4 and cpu_kernels.library() is not None:
+        return "bf16 weight + F.linear"
+    return "bf16 weight + F.linear" if tokens >= quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[layer.bits] else \
+        "torch kernel"
+
+
+def torch_kernel(bits, layers):
+    """torch's weight-only kernel on each layer's integers (INT4 re-packed into its layout), unscaled."""
+    if bits == 8:
+        return lambda x, layer: torch._weight_int8pack_mm(x, layer.weight, quantization._unit_row_scales(
+            layer.out_features))
+    layout = quantization.int4_cpu_layout()
+    packed = {id(layer): quantization.to_int4_cpu_layout(layer.weight, layout) for layer in layers}
+    group = quantization.int4_kernel_group_size(layers[0].in_features)
+    scales = quantization._unit_group_scales(layers[0].in_features, layers[0].out_features, group)
+    return lambda x, layer: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed[id(layer)], group, scales)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", type=int, nargs=2, default=(16384, 4096), metavar=("OUT", "IN"))
     parser.add_argument("--tokens", default="1,2,4,8,16,32,64,128,256,512")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,25 +83,19 @@ def main():
     weight = torch.randn(out_features, in_features) * 0.02
 
     print(f"one {out_features}x{in_features} layer, {args.threads} threads, best of {args.repeats}, ms; "
-          f"CPU kernels: {torch.backends.cpu.get_cpu_capability()}")
-    print("| bits | tokens | kernel, bf16 | bf16 weight + F.linear | kernel, fp32 activations | chosen |")
+          f"C kernels: {'built' if cpu_kernels.library() is not None else 'not available'}")
+    print("| bits | tokens | layer(x) | path | torch kernel, bf16 | bf16 weight + F.linear |")
     print("|---|---|---|---|---|---|")
     for bits in (8, 4):
-        layer = QuantizedLinear.from_weight(weight, bits)
-        values, scale = layer.integer_values(), layer.weight_scale.float()
+        layers = [QuantizedLinear.from_weight(weight + 1e-3 * i, bits) for i in range(COPIES)]
+        kernel = torch_kernel(bits, layers)
         for tokens in (int(t) for t in args.tokens.split(",")):
             x = torch.randn(tokens, in_features, dtype=torch.bfloat16)
-            kernel = time_path(layer, x, NEVER, args.repeats)
-            expanded = time_path(layer, x, 0, args.repeats)
-            slow = f"{best_ms(partial(fp32_kernel, x.float(), values, scale), 1):.1f}" if tokens <= 4 else ""
-            chosen = "F.linear" if tokens >= quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[bits] else "kernel"
-            print(f"| {bits} | {tokens} | {kernel:.1f} | {expanded:.1f} | {slow} | {chosen} |", flush=True)
-
-
-def fp32_kernel(x, values, scale):
-    """What float32 models ran before: torch's int8 weight-only kernel on float32 activations (INT4
-    values unpacked to one int8 each)."""
-    return torch._weight_int8pack_mm(x, values, scale)
+            with torch.no_grad():
+                layer_ms, torch_ms, linear_ms = (best_ms_over(layers, partial(function, x), args.repeats)
+                                                 for function in (run_layer, kernel, expanded_linear))
+            print(f"| {bits} | {tokens} | {layer_ms:.2f} | {path_taken(layers[0], tokens)} | {torch_ms:.2f} | "
+                  f"{linear_ms:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
