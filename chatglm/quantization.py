@@ -254,8 +254,8 @@ class QuantizedWeight(nn.Module):
 
 
 class QuantizedLinear(QuantizedWeight):
-    """A Linear layer whose weight is stored as int8/int4 with per-row fp16 scales. On CPU an INT4
-    weight is re-packed in place, on first use, into the int4 kernel's layout."""
+    """A Linear layer whose weight is stored as int8/int4 with per-row fp16 scales. On CPU without the C
+    kernels, an INT4 weight is re-packed in place, on first use, into torch's int4 kernel layout."""
 
     def __init__(self, in_features, out_features, bits, bias=True, device=None, dtype=None):
         super().__init__(out_features, in_features, bits, device)
