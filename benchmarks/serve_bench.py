@@ -12,6 +12,7 @@ could reach with this model on this machine.
     python benchmarks/serve_bench.py --url http://127.0.0.1:8000 --api-key KEY   # a server already running
     python benchmarks/serve_bench.py --engine-only              # no HTTP: the engine's own throughput
     python benchmarks/serve_bench.py --rounds 5                 # every level 5 times, interleaved: medians
+    python benchmarks/serve_bench.py --engine-only --model SCRATCH/mid --quantize 4 --dtype bfloat16
 
 On a shared host whose speed moves from minute to minute, one pass can put its levels in different
 conditions; --rounds runs the levels in turn several times and reports, per level, the median round and the
@@ -122,6 +123,9 @@ def start_server(args):
                "--max-batch-size", str(max(args.clients))]
     if args.model:
         command += ["--model", args.model]
+    if args.quantize:
+        command += ["--quantize", str(args.quantize)]
+    command += ["--dtype", args.dtype]
     server = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{args.port}"
     for _ in range(600):
@@ -140,7 +144,8 @@ def start_server(args):
 def run_all_levels(args):
     """The table's rows for every round: a warm-up request, then every client count in turn, --rounds times."""
     if args.engine_only:
-        tokenizer, model = load_model_and_tokenizer(model=args.model, device="cpu")
+        tokenizer, model = load_model_and_tokenizer(model=args.model, device="cpu", dtype=args.dtype,
+                                                    quantize=args.quantize)
         engine = Engine(model, max_batch_size=max(args.clients), threads=default_engine_threads()).start()
         try:
             run_engine_level(engine, tokenizer, 1, 1, 8)  # warm-up
@@ -181,6 +186,8 @@ def main():
     parser.add_argument("--api-key", default=os.environ.get("CHATGLM_API_KEY"), help="the server's key, if any")
     parser.add_argument("--model", help="model for the started api.py (default: the bundled demo checkpoint)")
     parser.add_argument("--port", type=int, default=8765, help="port of the started api.py (default: 8765)")
+    parser.add_argument("--quantize", type=int, choices=(4, 8), help="quantize while loading, as api.py --quantize")
+    parser.add_argument("--dtype", default="auto", help="model dtype, as api.py --dtype (default: auto)")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32], help="client counts (default: 1 8 32)")
     parser.add_argument("--requests", type=int, default=4, help="requests per client (default: 4)")
     parser.add_argument("--max-tokens", type=int, default=128, help="tokens per answer (default: 128)")
