@@ -39,3 +39,16 @@ def test_serve_bench_engine_only_with_interleaved_rounds(script_env):
     assert sorted(rows) == [1, 2]
     low, high = (float(x) for x in rows[2][-1].split("-"))  # tokens/s over the rounds
     assert 0 < low <= float(rows[2][3]) <= high
+
+
+def test_quantized_kernels_names_the_path_each_layer_takes(script_env):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "quantized_kernels.py"), "--shape", "256",
+                             "256", "--tokens", "1,40", "--repeats", "1"], capture_output=True, text=True,
+                            env=script_env, cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in result.stdout.splitlines()
+            if re.match(r"\| [48] \|", line)]
+    paths = {(int(bits), int(tokens)): path for bits, tokens, _, path, *_ in rows}
+    assert paths == {(8, 1): "C kernel", (8, 40): "bf16 weight + F.linear",
+                     (4, 1): "C kernel", (4, 40): "bf16 weight + F.linear"}
+    assert all(float(cell) > 0 for row in rows for cell in (row[2], row[4], row[5]))
