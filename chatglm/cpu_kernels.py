@@ -414,6 +414,8 @@ static inline __attribute__((always_inline)) void tile_i4(const int8_t *xq, cons
         for (const int64_t last = c + I4_SPAN < chunks ? c + I4_SPAN : chunks; c < last; c++)
             for (int r = 0; r < 4; r++) {
                 vi bytes = b_load(w + r * (K / 2) + c * (I4_CHUNK / 2));
+                /* the same bytes of the next tile's rows: rows of a few KB are too short for the hardware
+                   prefetcher to get ahead (16384 x 4096, one token: 1.08 -> 0.98 ms) */
                 _mm_prefetch((const char *)(w + (r + 4) * (K / 2) + c * (I4_CHUNK / 2)), _MM_HINT_T0);
                 vi high_w = b_xor(b_high_nibbles(bytes), eight), low_w = b_xor(b_and(bytes, low), eight);  /* w + 8 */
                 for (int m = 0; m < MB; m++) {

@@ -292,7 +292,7 @@ class QuantizedLinear(QuantizedWeight):
         # model needs the input gradient), and off the CPU, the dequantized weight is used instead.
         if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return F.linear(x, self.dequantize(x.dtype), bias)
-        if takes_matmul(x, self.weight, int4=self.bits == 4):  # a decoding step: float32 activations
+        if takes_matmul(x, self.weight, int4=self.bits == 4):  # a decoding step (or a short INT4 prompt)
             out = matmul(x, self.weight, self.weight_scale, int4=self.bits == 4).to(x.dtype)
             return out if bias is None else out + bias
         tokens = x.reshape(-1, self.in_features).to(CPU_COMPUTE_DTYPE)  # [tokens, in]
