@@ -322,7 +322,8 @@ def create_app(tokenizer, model, settings: ServerSettings | None = None, *, mode
         """Run ``sequence`` to its end and return the finish reason; ``text.text`` then holds the answer."""
         watcher = submit(request, sequence)
         try:
-            async with contextlib.aclosing(follow(engine, sequence)) as updates:
+            # without stop strings to look for, the answer is only read at its end
+            async with contextlib.aclosing(follow(engine, sequence, each_token=bool(text.stop))) as updates:
                 async for _ in updates:
                     if text.stop:  # look for stop strings as the answer grows
                         text.update(sequence.output_ids)

@@ -449,15 +449,18 @@ class _LoopWaker:
 _wakers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopWaker]" = weakref.WeakKeyDictionary()
 
 
-async def follow(engine: Engine, sequence: Sequence):
-    """Yield whenever the submitted ``sequence`` has new tokens, the last time once it has finished
-    (``finish_reason`` set). Leaving early (break, an exception, task cancellation) cancels the sequence,
-    so an abandoned request stops costing anything at the next step. Use it with ``contextlib.aclosing``
-    so that leaving early takes effect at once."""
+async def follow(engine: Engine, sequence: Sequence, each_token: bool = True):
+    """Yield whenever the submitted ``sequence`` has new tokens (with ``each_token=False`` only once, when it
+    has finished), the last time once it has finished (``finish_reason`` set). Leaving early (break, an
+    exception, task cancellation) cancels the sequence, so an abandoned request stops costing anything at the
+    next step. Use it with ``contextlib.aclosing`` so that leaving early takes effect at once."""
     loop = asyncio.get_running_loop()
     waker = _wakers.setdefault(loop, _LoopWaker(loop))
     news = asyncio.Event()
-    sequence.on_update = lambda: waker.wake(news)
+    if each_token:
+        sequence.on_update = lambda: waker.wake(news)
+    else:  # a whole answer: waking the event loop at every token costs the engine thread the GIL each time
+        sequence.on_update = lambda: sequence.finish_reason is not None and waker.wake(news)
     news.set()  # tokens may have come before we listened
     try:
         while sequence.finish_reason is None:

@@ -1,5 +1,7 @@
 """The batching engine (chatglm.serving) in this process, on the real demo (or tiny) checkpoint."""
 
+import asyncio
+import contextlib
 import random
 import time
 
@@ -7,7 +9,18 @@ import pytest
 import torch
 
 from chatglm.generation import PromptTooLong, build_prompt, process_response, prompt_ids
-from chatglm.serving import CANCELLED, ERROR, LENGTH, STOP, Engine, QueueFull, Sequence, TextStream, sample_next_tokens
+from chatglm.serving import (
+    CANCELLED,
+    ERROR,
+    LENGTH,
+    STOP,
+    Engine,
+    QueueFull,
+    Sequence,
+    TextStream,
+    follow,
+    sample_next_tokens,
+)
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办", "Write a haiku about the sea", "hi",
            "1+1等于几？请详细解释一下你的计算过程，然后再举三个例子", "介绍一下北京"]
@@ -195,3 +208,25 @@ def test_sample_next_tokens_follows_each_rows_settings():
         assert tokens[3] in logits[3].topk(5).indices
     bad = torch.full((1, 100), float("nan"))
     assert sample_next_tokens(bad, torch.ones(1), torch.ones(1), torch.zeros(1, dtype=torch.long)).item() == 5
+
+
+@pytest.mark.parametrize("each_token", [True, False])
+def test_follow_wakes_per_token_or_once_at_the_end(engine, door_model, each_token):
+    """A whole (non-streamed) answer needs the event loop once, at its end: a wake-up per token costs the
+    engine thread the GIL every time."""
+    tokenizer, _ = door_model
+
+    async def follow_one():
+        sequence = Sequence(prompt_ids(tokenizer, "你好", [], MAX_LENGTH), 24, temperature=0, ignore_eos=True)
+        engine.submit(sequence)
+        async with contextlib.aclosing(follow(engine, sequence, each_token=each_token)) as updates:
+            wakes = [sequence.finish_reason async for _ in updates]
+        return sequence, wakes
+
+    sequence, wakes = asyncio.run(follow_one())
+    assert len(sequence.output_ids) == 24 and sequence.finish_reason == LENGTH
+    assert wakes[-1] == LENGTH
+    if each_token:
+        assert len(wakes) > 2  # the engine's steps coalesce only when the loop is late
+    else:
+        assert wakes == [None, LENGTH] or wakes == [LENGTH]  # the first pass runs before any token may come
