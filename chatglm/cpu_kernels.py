@@ -404,18 +404,18 @@ static inline __attribute__((always_inline)) void tile_i4(const int8_t *xq, cons
                                                           int64_t K, const int MB) {
     const int64_t chunks = K / I4_CHUNK;
     const vi low = b_set(0x0F), eight = b_set(0x08);
-    vf f[4][4];  /* MB <= 4 */
+    vf f[2][4];  /* MB <= 2 */
     for (int m = 0; m < MB; m++)
         for (int r = 0; r < 4; r++) f[m][r] = v_zero();
     for (int64_t c = 0, span = 0; c < chunks; span++) {
-        vi a[4][4];
+        vi a[2][4];
         for (int m = 0; m < MB; m++)
             for (int r = 0; r < 4; r++) a[m][r] = i_zero();
         for (const int64_t last = c + I4_SPAN < chunks ? c + I4_SPAN : chunks; c < last; c++)
             for (int r = 0; r < 4; r++) {
                 vi bytes = b_load(w + r * (K / 2) + c * (I4_CHUNK / 2));
                 /* the same bytes of the next tile's rows: rows of a few KB are too short for the hardware
-                   prefetcher to get ahead (16384 x 4096, one token: 1.08 -> 0.98 ms) */
+                   prefetcher to get ahead */
                 _mm_prefetch((const char *)(w + (r + 4) * (K / 2) + c * (I4_CHUNK / 2)), _MM_HINT_T0);
                 vi high_w = b_xor(b_high_nibbles(bytes), eight), low_w = b_xor(b_and(bytes, low), eight);  /* w + 8 */
                 for (int m = 0; m < MB; m++) {
@@ -445,12 +445,8 @@ void matmul_i4(const float *x, const int8_t *w, const float *scale, float *y, in
             const int8_t *xm = xq + m * K, *wn = w + n * (K / 2);
             const float *sm = steps + m * (K / 8), *om = offset + m;
             float *ym = y + m * N + n;
-            switch (M - m < I4_MB_MAX ? M - m : I4_MB_MAX) {
-            case 1: tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 1); break;
-            case 2: tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 2); break;
-            case 3: tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 3); break;
-            default: tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 4); break;
-            }
+            if (M - m >= 2 && I4_MB_MAX >= 2) tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 2);
+            else tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 1);
         }
     for (int64_t n = N - N % 4; n < N; n++)  /* the last rows, eight signed values at a time */
         for (int64_t m = 0; m < M; m++) {
@@ -615,9 +611,9 @@ def _bf16_batches():
     return bool(library().bf16_batches())
 
 
-def _kind(weight, int4):
+def _kind(dtype, int4):
     """The kernels' name for a weight: its dtype's suffix, or "i4" for INT4 bytes (two values each)."""
-    return "i4" if int4 else SUFFIX.get(weight.dtype)
+    return "i4" if int4 else SUFFIX.get(dtype)
 
 
 def most_tokens(dtype, int4=False):
@@ -626,7 +622,7 @@ def most_tokens(dtype, int4=False):
     than widening every weight)."""
     if dtype == torch.bfloat16 and not _bf16_batches():
         return 1
-    return MOST_TOKENS.get("i4" if int4 else SUFFIX.get(dtype), 0)
+    return MOST_TOKENS.get(_kind(dtype, int4), 0)
 
 
 def takes_matmul(x, weight, int4=False):
@@ -652,7 +648,7 @@ def matmul(x, weight, scale=None, int4=False):
         raise ValueError("integer weights need their row scales, a float weight has none")
     x32 = x.reshape(-1, columns).float().contiguous()  # [tokens, K]
     out = torch.empty(x32.shape[0], rows, dtype=torch.float32)
-    kernel = getattr(library(), f"matmul_{_kind(weight, int4)}")
+    kernel = getattr(library(), f"matmul_{_kind(weight.dtype, int4)}")
     if scale is None:
         kernel(x32.data_ptr(), weight.data_ptr(), out.data_ptr(), x32.shape[0], rows, columns,
                torch.get_num_threads())
