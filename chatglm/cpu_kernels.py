@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 # Below these sizes the data is cache-resident, a step's time is dispatch, and torch is as fast for one
 # token and one unmasked query over a float32 cache. Batches of tokens (and masked queries) go to the
 # kernels at every size: torch's small-M products cost 3-4x at 8 tokens what they cost at one, the
-# kernels' about 2x. So do bfloat16 and float16 caches: torch's attention takes 68 us for one query of
-# 32 heads of 128 over 16 bfloat16 positions (198 over 60), the kernel 12 (18).
+# kernels' about 2x. So do bfloat16 and float16 caches, over which torch's one-query attention is several
+# times slower than the kernel even when short.
 MIN_WEIGHT_VALUES = 1 << 16
 MIN_CACHE_VALUES = 1 << 18
 # K in whole INT8 blocks, the head size in whole AVX-512 vectors.
