@@ -296,6 +296,26 @@ MATMUL(matmul_bf16, uint16_t, tile_bf16, dot_bf16)
 int bf16_batches(void) { return 0; }  /* widening every weight: torch's batches are faster */
 #endif
 
+/* Row scales as the layer stores them (float16 in the original checkpoints; float32 or bfloat16 after
+   model.float() or .bfloat16()), read four at a time for a tile or one at a time for the last rows: a
+   float32 copy made at every call cost more than a small layer's product. */
+enum { SCALE_F32, SCALE_F16, SCALE_BF16 };
+static inline __m128 scales4(const void *scale, int64_t n, int kind) {
+    if (kind == SCALE_F32) return _mm_loadu_ps((const float *)scale + n);
+    __m128i bits = _mm_loadl_epi64((const __m128i *)((const uint16_t *)scale + n));
+    if (kind == SCALE_F16) return _mm_cvtph_ps(bits);
+    return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(bits), 16));
+}
+static inline float scale1(const void *scale, int64_t n, int kind) {
+    if (kind == SCALE_F32) return ((const float *)scale)[n];
+    uint16_t bits = ((const uint16_t *)scale)[n];
+    if (kind == SCALE_F16) return _cvtsh_ss(bits);
+    uint32_t widened = (uint32_t)bits << 16;
+    float value;
+    memcpy(&value, &widened, 4);
+    return value;
+}
+
 /* INT8 weights: x is rounded to int16 in blocks of I8_BLOCK values, each with its own step (its largest
    |value| / 32767: an outlier coarsens only its own block), so the products are integer multiply-adds,
    a third of the instructions of widening every weight to float; each block's int32 sums (at most
@@ -314,7 +334,7 @@ static void round_to_int16(const float *x, int64_t K, int16_t *xq, float *steps)
 
 /* Four INT8 rows times MB rounded tokens, as TILE does for float weights. */
 static inline __attribute__((always_inline)) void tile_i8(const int16_t *xq, const float *steps, const int8_t *w,
-                                                          const float *scale, float *y, int64_t N, int64_t K,
+                                                          __m128 scales, float *y, int64_t N, int64_t K,
                                                           const int MB) {
     vf f[2][4];  /* MB <= 2 */
     for (int m = 0; m < MB; m++)
@@ -336,13 +356,12 @@ static inline __attribute__((always_inline)) void tile_i8(const int16_t *xq, con
             for (int r = 0; r < 4; r++) f[m][r] = v_fma(i_float(a[m][r]), step, f[m][r]);
         }
     }
-    __m128 scales = _mm_loadu_ps(scale);
     for (int m = 0; m < MB; m++)
         _mm_storeu_ps(y + m * N, _mm_mul_ps(v_sum4(f[m][0], f[m][1], f[m][2], f[m][3]), scales));
 }
 
-void matmul_i8(const float *x, const int8_t *w, const float *scale, float *y, int64_t M, int64_t N, int64_t K,
-               int threads) {
+void matmul_i8(const float *x, const int8_t *w, const void *scale, int scale_kind, float *y, int64_t M, int64_t N,
+               int64_t K, int threads) {
     int16_t *xq = malloc(M * K * sizeof(int16_t));
     float *steps = malloc(M * (K / I8_BLOCK) * sizeof(float));
     for (int64_t m = 0; m < M; m++) round_to_int16(x + m * K, K, xq + m * K, steps + m * (K / I8_BLOCK));
@@ -351,8 +370,9 @@ void matmul_i8(const float *x, const int8_t *w, const float *scale, float *y, in
         for (int64_t m = 0; m < M; m += I8_MB_MAX) {
             const int16_t *xm = xq + m * K;
             const float *sm = steps + m * (K / I8_BLOCK);
-            if (M - m >= 2 && I8_MB_MAX >= 2) tile_i8(xm, sm, w + n * K, scale + n, y + m * N + n, N, K, 2);
-            else tile_i8(xm, sm, w + n * K, scale + n, y + m * N + n, N, K, 1);
+            __m128 scales = scales4(scale, n, scale_kind);
+            if (M - m >= 2 && I8_MB_MAX >= 2) tile_i8(xm, sm, w + n * K, scales, y + m * N + n, N, K, 2);
+            else tile_i8(xm, sm, w + n * K, scales, y + m * N + n, N, K, 1);
         }
     for (int64_t n = N - N % 4; n < N; n++)  /* the last rows, one at a time */
         for (int64_t m = 0; m < M; m++) {
@@ -362,7 +382,7 @@ void matmul_i8(const float *x, const int8_t *w, const float *scale, float *y, in
                 for (int64_t k = k0; k < k0 + I8_BLOCK; k++) block += w[n * K + k] * xq[m * K + k];
                 sum += block * steps[m * (K / I8_BLOCK) + k0 / I8_BLOCK];
             }
-            y[m * N + n] = sum * scale[n];
+            y[m * N + n] = sum * scale1(scale, n, scale_kind);
         }
     free(steps);
     free(xq);
@@ -410,7 +430,7 @@ static void round_for_i4(const float *x, int64_t K, int8_t *xq, float *steps, fl
 
 /* Four INT4 rows times MB rounded tokens: each load of a row's bytes is unpacked once for the MB tokens. */
 static inline __attribute__((always_inline)) void tile_i4(const int8_t *xq, const float *steps, const float *offset,
-                                                          const int8_t *w, const float *scale, float *y, int64_t N,
+                                                          const int8_t *w, __m128 scales, float *y, int64_t N,
                                                           int64_t K, const int MB) {
     const int64_t chunks = K / I4_CHUNK;
     const vi low = b_set(0x0F), eight = b_set(0x08);
@@ -438,14 +458,13 @@ static inline __attribute__((always_inline)) void tile_i4(const int8_t *xq, cons
             for (int r = 0; r < 4; r++) f[m][r] = v_fma(i_float(a[m][r]), step, f[m][r]);
         }
     }
-    __m128 scales = _mm_loadu_ps(scale);
     for (int m = 0; m < MB; m++)
         _mm_storeu_ps(y + m * N, _mm_mul_ps(_mm_sub_ps(v_sum4(f[m][0], f[m][1], f[m][2], f[m][3]),
                                                        _mm_set1_ps(offset[m])), scales));
 }
 
-void matmul_i4(const float *x, const int8_t *w, const float *scale, float *y, int64_t M, int64_t N, int64_t K,
-               int threads) {
+void matmul_i4(const float *x, const int8_t *w, const void *scale, int scale_kind, float *y, int64_t M, int64_t N,
+               int64_t K, int threads) {
     int8_t *xq = malloc(M * K);
     float *steps = malloc(M * (K / 8) * sizeof(float)), *offset = malloc(M * sizeof(float));  /* K / 8 >= steps */
     for (int64_t m = 0; m < M; m++) round_for_i4(x + m * K, K, xq + m * K, steps + m * (K / 8), offset + m);
@@ -455,8 +474,9 @@ void matmul_i4(const float *x, const int8_t *w, const float *scale, float *y, in
             const int8_t *xm = xq + m * K, *wn = w + n * (K / 2);
             const float *sm = steps + m * (K / 8), *om = offset + m;
             float *ym = y + m * N + n;
-            if (M - m >= 2 && I4_MB_MAX >= 2) tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 2);
-            else tile_i4(xm, sm, om, wn, scale + n, ym, N, K, 1);
+            __m128 scales = scales4(scale, n, scale_kind);
+            if (M - m >= 2 && I4_MB_MAX >= 2) tile_i4(xm, sm, om, wn, scales, ym, N, K, 2);
+            else tile_i4(xm, sm, om, wn, scales, ym, N, K, 1);
         }
     for (int64_t n = N - N % 4; n < N; n++)  /* the last rows, eight signed values at a time */
         for (int64_t m = 0; m < M; m++) {
@@ -471,7 +491,7 @@ void matmul_i4(const float *x, const int8_t *w, const float *scale, float *y, in
                 }
                 sum += run * steps[m * (K / 8) + chunk / I4_SPAN * VL + lane];
             }
-            y[m * N + n] = sum * scale[n];
+            y[m * N + n] = sum * scale1(scale, n, scale_kind);
         }
     free(offset);
     free(steps);
@@ -549,6 +569,7 @@ ATTEND(attend_f16, uint16_t, v_f16)
 """
 
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16", torch.int8: "i8"}
+SCALE_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # the C side's SCALE_F32, _F16, _BF16
 COMPILE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
 
 
@@ -605,8 +626,9 @@ def library():
     for suffix in ("f32", "bf16", "f16"):
         getattr(lib, f"matmul_{suffix}").argtypes = [pointer] * 3 + [size] * 3 + [ctypes.c_int]
         getattr(lib, f"attend_{suffix}").argtypes = [pointer] * 6 + [size] * 6 + [ctypes.c_float, ctypes.c_int]
-    for suffix in ("i8", "i4"):  # with the row scales
-        getattr(lib, f"matmul_{suffix}").argtypes = [pointer] * 4 + [size] * 3 + [ctypes.c_int]
+    for suffix in ("i8", "i4"):  # with the row scales and their kind
+        getattr(lib, f"matmul_{suffix}").argtypes = [pointer, pointer, pointer, ctypes.c_int, pointer] + [size] * 3 + [
+            ctypes.c_int]
     lib.unpack_i4_bf16.argtypes = [pointer, pointer, size, ctypes.c_int]
     return lib
 
@@ -663,9 +685,9 @@ def matmul(x, weight, scale=None, int4=False):
         kernel(x32.data_ptr(), weight.data_ptr(), out.data_ptr(), x32.shape[0], rows, columns,
                torch.get_num_threads())
     else:
-        scale32 = scale.float().contiguous()  # fp16 as stored; float32 after model.float()
-        kernel(x32.data_ptr(), weight.data_ptr(), scale32.data_ptr(), out.data_ptr(), x32.shape[0], rows, columns,
-               torch.get_num_threads())
+        scale = scale if scale.dtype in SCALE_KIND else scale.float()
+        kernel(x32.data_ptr(), weight.data_ptr(), scale.contiguous().data_ptr(), SCALE_KIND[scale.dtype],
+               out.data_ptr(), x32.shape[0], rows, columns, torch.get_num_threads())
     return out.view(*x.shape[:-1], rows)
 
 

@@ -99,6 +99,19 @@ def test_int8_layer_decodes_with_the_kernel(model_dtype):
     assert relative_error(out, expected) < 1e-4
 
 
+@pytest.mark.parametrize("int4", [False, True])
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.bfloat16])
+def test_row_scales_are_read_in_the_dtype_they_are_stored_in(int4, scale_dtype):
+    """fp16 as in the checkpoints, bfloat16 after model.bfloat16(): the same products as with the same
+    values in float32, in the tiles and in the last rows outside them (514 = 128 tiles of 4 + 2)."""
+    layer = QuantizedLinear.from_weight(torch.randn(514, 2048, generator=torch.Generator().manual_seed(1)),
+                                        4 if int4 else 8)
+    scale = layer.weight_scale.to(scale_dtype)
+    x = torch.randn(3, 2048, generator=torch.Generator().manual_seed(2))
+    out = cpu_kernels.matmul(x, layer.weight, scale, int4=int4)
+    assert torch.equal(out, cpu_kernels.matmul(x, layer.weight, scale.float(), int4=int4))
+
+
 def int4_layer(rows, columns, seed=1):
     return QuantizedLinear.from_weight(torch.randn(rows, columns, generator=torch.Generator().manual_seed(seed)), 4)
 
