@@ -58,16 +58,18 @@ def rotary_inv_freq(dim, device=None):
     return inv_freq.half().float()
 
 
-def rotary_cos_sin(position_ids, dim, dtype):
-    """cos/sin of shape [batch, seq, dim] for integer positions [batch, seq].
-
-    fp16 models compute the table in fp16 like the original; every other dtype in fp32.
-    """
+@functools.cache
+def rotary_table(dim, length, dtype, device=None):
+    """cos and sin of a `dim`-wide rotary embedding at positions 0 .. length - 1: [length, 2, dim], cos at
+    [:, 0] and sin at [:, 1]. Computed once per width, length, dtype and device (the original caches its
+    tables too; building them at every decoding step cost more than the step's attention on small models);
+    callers must not modify it. fp16 models compute the table in fp16 like the original; every other dtype
+    in fp32."""
     table_dtype = torch.float16 if dtype == torch.float16 else torch.float32
-    inv_freq = rotary_inv_freq(dim, position_ids.device).to(table_dtype)
-    freqs = position_ids.to(table_dtype)[..., None] * inv_freq  # [batch, seq, dim/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [batch, seq, dim]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    inv_freq = rotary_inv_freq(dim, device).to(table_dtype)
+    freqs = torch.arange(length, device=device).to(table_dtype)[:, None] * inv_freq  # [length, dim / 2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [length, dim]
+    return torch.stack((emb.cos(), emb.sin()), dim=1).to(dtype)
 
 
 def rotate_half(x, parts):
@@ -362,13 +364,16 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         q/k). In 2-D mode (2 parts) the first half of each head follows the absolute positions and the
         second half the block positions."""
         head_dim = self.config.hidden_size // self.config.num_attention_heads
-        if self.config.position_encoding_2d:
-            absolute = rotary_cos_sin(position_ids[:, 0], head_dim // 2, dtype)
-            block = rotary_cos_sin(position_ids[:, 1], head_dim // 2, dtype)
-            cos, sin = (torch.cat(pair, dim=-1) for pair in zip(absolute, block))
-            parts = 2
+        # tables are kept in whole multiples of max_sequence_length, so that a long generation adds few
+        longest = self.config.max_sequence_length
+        length = longest * -(-(int(position_ids.max()) + 1) // longest)
+        parts = 2 if self.config.position_encoding_2d else 1
+        table = rotary_table(head_dim // parts, length, dtype, position_ids.device)  # [length, 2, head_dim / parts]
+        if parts == 2:
+            # [batch, 2 (absolute, block), seq, 2 (cos, sin), head_dim / 2] -> [2 (cos, sin), batch, seq, head_dim]
+            cos, sin = table[position_ids].permute(3, 0, 2, 1, 4).flatten(-2)
         else:
-            (cos, sin), parts = rotary_cos_sin(position_ids, head_dim, dtype), 1
+            cos, sin = table[position_ids].movedim(2, 0)  # [2 (cos, sin), batch, seq, head_dim]
         return cos[:, :, None, None], sin[:, :, None, None], parts
 
     def prefix_key_values(self, batch_size, device, dtype):
