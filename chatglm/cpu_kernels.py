@@ -82,6 +82,17 @@ static inline vf v_times_pow2(vf a, vf n) { return _mm512_scalef_ps(a, n); }
 static inline vf v_zero_below(vf a, vf x, float limit) {
     return _mm512_maskz_mov_ps(~_mm512_cmp_ps_mask(x, _mm512_set1_ps(limit), _CMP_LT_OQ), a);
 }
+/* bfloat16 rounded to nearest even, NaN as 0x7FC0 (as torch rounds); float16 by the F16C instruction */
+static inline void v_store_bf16(uint16_t *p, vf a) {
+    __m512i bits = _mm512_castps_si512(a);
+    __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))), 16);
+    rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtepi32_epi16(rounded));
+}
+static inline void v_store_f16(uint16_t *p, vf a) {
+    _mm256_storeu_si256((__m256i *)p, _mm512_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
 #define MB_MAX 4  /* tokens per tile: 16 sums + 4 weights + x in the 32 registers */
 #define IL 32  /* int16 lanes */
 #define I8_MB_MAX 2  /* INT8 tiles: 8 int32 and 8 float sums + 4 weights + x */
@@ -137,6 +148,18 @@ static inline vf v_times_pow2(vf a, vf n) {  /* n >= -126 */
 }
 static inline vf v_zero_below(vf a, vf x, float limit) {
     return _mm256_andnot_ps(_mm256_cmp_ps(x, _mm256_set1_ps(limit), _CMP_LT_OQ), a);
+}
+static inline void v_store_bf16(uint16_t *p, vf a) {
+    __m256i bits = _mm256_castps_si256(a);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(odd, _mm256_set1_epi32(0x7FFF))), 16);
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+    rounded = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), nan);
+    __m128i low = _mm256_castsi256_si128(rounded), high = _mm256_extracti128_si256(rounded, 1);
+    _mm_storeu_si128((__m128i *)p, _mm_packus_epi32(low, high));
+}
+static inline void v_store_f16(uint16_t *p, vf a) {
+    _mm_storeu_si128((__m128i *)p, _mm256_cvtps_ph(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
 #define MB_MAX 2  /* 8 sums + 4 weights + x in the 16 registers */
 #define IL 16
@@ -221,7 +244,7 @@ DOT(dot_f16, uint16_t, v_f16)
 
 /* y[M, N] = x[M, K] @ w[N, K]^T for a float weight and a few tokens. K a multiple of VL. */
 #define MATMUL(NAME, T, TILE_FN, DOT_FN)                                                                 \
-void NAME(const float *x, const T *w, float *y, int64_t M, int64_t N, int64_t K, int threads) {          \
+static void NAME(const float *x, const T *w, float *y, int64_t M, int64_t N, int64_t K, int threads) {   \
     _Pragma("omp parallel for schedule(static) num_threads(threads)")                                   \
     for (int64_t n = 0; n < N - 3; n += 4)                                                              \
         for (int64_t m = 0; m < M; m += MB_MAX) {                                                       \
@@ -264,7 +287,7 @@ static inline __attribute__((always_inline)) void tile_bf16_dot(const uint16_t *
     for (int m = 0; m < MB; m++) _mm_storeu_ps(y + m * N, v_sum4(acc[m][0], acc[m][1], acc[m][2], acc[m][3]));
 }
 
-void matmul_bf16(const float *x, const uint16_t *w, float *y, int64_t M, int64_t N, int64_t K, int threads) {
+static void matmul_bf16(const float *x, const uint16_t *w, float *y, int64_t M, int64_t N, int64_t K, int threads) {
     uint16_t *xb = malloc(M * K * sizeof(uint16_t));
     for (int64_t k = 0; k < M * K; k += 16)
         _mm256_storeu_si256((__m256i *)(xb + k), (__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(x + k)));
@@ -296,24 +319,58 @@ MATMUL(matmul_bf16, uint16_t, tile_bf16, dot_bf16)
 int bf16_batches(void) { return 0; }  /* widening every weight: torch's batches are faster */
 #endif
 
-/* Row scales as the layer stores them (float16 in the original checkpoints; float32 or bfloat16 after
-   model.float() or .bfloat16()), read four at a time for a tile or one at a time for the last rows: a
-   float32 copy made at every call cost more than a small layer's product. */
-enum { SCALE_F32, SCALE_F16, SCALE_BF16 };
-static inline __m128 scales4(const void *scale, int64_t n, int kind) {
-    if (kind == SCALE_F32) return _mm_loadu_ps((const float *)scale + n);
-    __m128i bits = _mm_loadl_epi64((const __m128i *)((const uint16_t *)scale + n));
-    if (kind == SCALE_F16) return _mm_cvtph_ps(bits);
-    return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(bits), 16));
-}
-static inline float scale1(const void *scale, int64_t n, int kind) {
-    if (kind == SCALE_F32) return ((const float *)scale)[n];
-    uint16_t bits = ((const uint16_t *)scale)[n];
-    if (kind == SCALE_F16) return _cvtsh_ss(bits);
+/* The products' activations, outputs, biases and row scales are read and written in the dtype torch holds
+   them in: float32, float16 or bfloat16 (F32, F16, BF16), so that a layer's call makes no copies around
+   the product (converting x, the output and the fp16 row scales, and adding the bias, took a sixth of a
+   decoding step of a quantized model, outside the products). */
+enum { F32, F16, BF16 };
+static inline float load1(const void *p, int64_t i, int kind) {
+    if (kind == F32) return ((const float *)p)[i];
+    uint16_t bits = ((const uint16_t *)p)[i];
+    if (kind == F16) return _cvtsh_ss(bits);
     uint32_t widened = (uint32_t)bits << 16;
     float value;
     memcpy(&value, &widened, 4);
     return value;
+}
+static inline void store1(void *p, int64_t i, float a, int kind) {
+    if (kind == F32) {
+        ((float *)p)[i] = a;
+    } else if (kind == F16) {
+        ((uint16_t *)p)[i] = _cvtss_sh(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    } else {
+        uint32_t bits;
+        memcpy(&bits, &a, 4);
+        ((uint16_t *)p)[i] = isnan(a) ? 0x7FC0 : (uint16_t)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+    }
+}
+static inline vf v_load(const void *p, int64_t i, int kind) {
+    if (kind == F32) return v_f32((const float *)p + i);
+    return kind == F16 ? v_f16((const uint16_t *)p + i) : v_bf16((const uint16_t *)p + i);
+}
+static inline void v_store_kind(void *p, int64_t i, vf a, int kind) {
+    if (kind == F32) v_store((float *)p + i, a);
+    else if (kind == F16) v_store_f16((uint16_t *)p + i, a);
+    else v_store_bf16((uint16_t *)p + i, a);
+}
+/* a rounded to `kind` and back */
+static inline vf v_rounded(vf a, int kind) {
+    uint16_t narrow[VL];
+    if (kind == F32) return a;
+    v_store_kind(narrow, 0, a, kind);
+    return v_load(narrow, 0, kind);
+}
+static inline float rounded1(float a, int kind) {
+    float narrow;  /* room for one value of any kind */
+    store1(&narrow, 0, a, kind);
+    return load1(&narrow, 0, kind);
+}
+/* four row scales of a tile */
+static inline __m128 scales4(const void *scale, int64_t n, int kind) {
+    if (kind == F32) return _mm_loadu_ps((const float *)scale + n);
+    __m128i bits = _mm_loadl_epi64((const __m128i *)((const uint16_t *)scale + n));
+    if (kind == F16) return _mm_cvtph_ps(bits);
+    return _mm_castsi128_ps(_mm_slli_epi32(_mm_cvtepu16_epi32(bits), 16));
 }
 
 /* INT8 weights: x is rounded to int16 in blocks of I8_BLOCK values, each with its own step (its largest
@@ -360,8 +417,8 @@ static inline __attribute__((always_inline)) void tile_i8(const int16_t *xq, con
         _mm_storeu_ps(y + m * N, _mm_mul_ps(v_sum4(f[m][0], f[m][1], f[m][2], f[m][3]), scales));
 }
 
-void matmul_i8(const float *x, const int8_t *w, const void *scale, int scale_kind, float *y, int64_t M, int64_t N,
-               int64_t K, int threads) {
+static void matmul_i8(const float *x, const int8_t *w, const void *scale, int scale_kind, float *y, int64_t M,
+                      int64_t N, int64_t K, int threads) {
     int16_t *xq = malloc(M * K * sizeof(int16_t));
     float *steps = malloc(M * (K / I8_BLOCK) * sizeof(float));
     for (int64_t m = 0; m < M; m++) round_to_int16(x + m * K, K, xq + m * K, steps + m * (K / I8_BLOCK));
@@ -382,7 +439,7 @@ void matmul_i8(const float *x, const int8_t *w, const void *scale, int scale_kin
                 for (int64_t k = k0; k < k0 + I8_BLOCK; k++) block += w[n * K + k] * xq[m * K + k];
                 sum += block * steps[m * (K / I8_BLOCK) + k0 / I8_BLOCK];
             }
-            y[m * N + n] = sum * scale1(scale, n, scale_kind);
+            y[m * N + n] = sum * load1(scale, n, scale_kind);
         }
     free(steps);
     free(xq);
@@ -463,8 +520,8 @@ static inline __attribute__((always_inline)) void tile_i4(const int8_t *xq, cons
                                                        _mm_set1_ps(offset[m])), scales));
 }
 
-void matmul_i4(const float *x, const int8_t *w, const void *scale, int scale_kind, float *y, int64_t M, int64_t N,
-               int64_t K, int threads) {
+static void matmul_i4(const float *x, const int8_t *w, const void *scale, int scale_kind, float *y, int64_t M,
+                      int64_t N, int64_t K, int threads) {
     int8_t *xq = malloc(M * K);
     float *steps = malloc(M * (K / 8) * sizeof(float)), *offset = malloc(M * sizeof(float));  /* K / 8 >= steps */
     for (int64_t m = 0; m < M; m++) round_for_i4(x + m * K, K, xq + m * K, steps + m * (K / 8), offset + m);
@@ -491,11 +548,48 @@ void matmul_i4(const float *x, const int8_t *w, const void *scale, int scale_kin
                 }
                 sum += run * steps[m * (K / 8) + chunk / I4_SPAN * VL + lane];
             }
-            y[m * N + n] = sum * scale1(scale, n, scale_kind);
+            y[m * N + n] = sum * load1(scale, n, scale_kind);
         }
     free(offset);
     free(steps);
     free(xq);
+}
+
+/* A layer's product: y[M, N] = x[M, K] @ w[N, K]^T (times the row scales of an INT8/INT4 weight) + bias[N],
+   with x, y and the bias (or NULL) of kind `x_kind`/`x_kind`/`bias_kind`. y is the float32 sum rounded
+   once, as F.linear, or (`round_first`) the product rounded and then the bias added and rounded again, as
+   the original's quantized layers add their bias to their output. */
+enum { W_F32, W_F16, W_BF16, W_I8, W_I4 };
+void linear(int w_kind, const void *x, int x_kind, const void *w, const void *scale, int scale_kind,
+            const void *bias, int bias_kind, int round_first, void *y, int64_t M, int64_t N, int64_t K,
+            int threads) {
+    float *x32 = x_kind == F32 ? (float *)x : malloc(M * K * sizeof(float));
+    float *y32 = x_kind == F32 ? (float *)y : malloc(M * N * sizeof(float));
+    if (x_kind != F32)
+        for (int64_t i = 0; i < M * K; i += VL) v_store(x32 + i, v_load(x, i, x_kind));  /* K in whole vectors */
+    switch (w_kind) {
+    case W_F32: matmul_f32(x32, w, y32, M, N, K, threads); break;
+    case W_F16: matmul_f16(x32, w, y32, M, N, K, threads); break;
+    case W_BF16: matmul_bf16(x32, w, y32, M, N, K, threads); break;
+    case W_I8: matmul_i8(x32, w, scale, scale_kind, y32, M, N, K, threads); break;
+    default: matmul_i4(x32, w, scale, scale_kind, y32, M, N, K, threads); break;
+    }
+    for (int64_t m = 0; m < M; m++) {
+        const float *p = y32 + m * N;
+        const int64_t row = m * N;
+        int64_t n = 0;
+        for (; n + VL <= N; n += VL) {
+            vf a = v_f32(p + n);
+            if (bias) a = v_add(round_first ? v_rounded(a, x_kind) : a, v_load(bias, n, bias_kind));
+            v_store_kind(y, row + n, a, x_kind);
+        }
+        for (; n < N; n++) {
+            float a = p[n];
+            if (bias) a = (round_first ? rounded1(a, x_kind) : a) + load1(bias, n, bias_kind);
+            store1(y, row + n, a, x_kind);
+        }
+    }
+    if (x_kind != F32) free(x32), free(y32);
 }
 
 /* The values of count packed INT4 bytes as 2 * count bfloat16 (exact), in order: the weight that long
@@ -569,7 +663,8 @@ ATTEND(attend_f16, uint16_t, v_f16)
 """
 
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16", torch.int8: "i8"}
-SCALE_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # the C side's SCALE_F32, _F16, _BF16
+FLOAT_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # the C side's F32, F16, BF16
+WEIGHT_KIND = {"f32": 0, "f16": 1, "bf16": 2, "i8": 3, "i4": 4}  # its W_F32 ... W_I4
 COMPILE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
 
 
@@ -622,13 +717,11 @@ def library():
         details = getattr(error, "stderr", "") or error
         logger.warning("CPU kernels could not be built, torch's kernels are used (slower): %s", details)
         return None
-    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    pointer, size, integer = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    lib.linear.argtypes = [integer, pointer, integer, pointer, pointer, integer, pointer, integer, integer, pointer,
+                           size, size, size, integer]
     for suffix in ("f32", "bf16", "f16"):
-        getattr(lib, f"matmul_{suffix}").argtypes = [pointer] * 3 + [size] * 3 + [ctypes.c_int]
-        getattr(lib, f"attend_{suffix}").argtypes = [pointer] * 6 + [size] * 6 + [ctypes.c_float, ctypes.c_int]
-    for suffix in ("i8", "i4"):  # with the row scales and their kind
-        getattr(lib, f"matmul_{suffix}").argtypes = [pointer, pointer, pointer, ctypes.c_int, pointer] + [size] * 3 + [
-            ctypes.c_int]
+        getattr(lib, f"attend_{suffix}").argtypes = [pointer] * 6 + [size] * 6 + [ctypes.c_float, integer]
     lib.unpack_i4_bf16.argtypes = [pointer, pointer, size, ctypes.c_int]
     return lib
 
@@ -665,29 +758,32 @@ def takes_matmul(x, weight, int4=False):
     columns = weight.shape[1] * (2 if int4 else 1)
     tokens = x.numel() // columns
     return (x.device.type == "cpu" and weight.device.type == "cpu" and x.shape[-1] == columns
-            and weight.dtype in SUFFIX and (not int4 or weight.dtype == torch.int8) and weight.is_contiguous()
+            and x.dtype in FLOAT_KIND and weight.dtype in SUFFIX and (not int4 or weight.dtype == torch.int8)
+            and weight.is_contiguous()
             and (weight.numel() >= MIN_WEIGHT_VALUES or tokens > 1 or int4) and columns % K_MULTIPLE == 0
             and _inference(x, weight) and library() is not None
             and 1 <= tokens <= most_tokens(weight.dtype, int4))
 
 
-def matmul(x, weight, scale=None, int4=False):
-    """float32 [..., N]: x [..., K] (any float dtype) times weight [N, K]^T; INT8 values and packed INT4
-    bytes [N, K / 2] (``int4``) come with their row scales [N]. Check `takes_matmul` first. A bfloat16 weight
-    may take x rounded to bfloat16 (exact in a bfloat16 model; F.linear would need x in bfloat16 too)."""
+def matmul(x, weight, scale=None, int4=False, bias=None, round_before_bias=False):
+    """x [..., K] times weight [N, K]^T, plus ``bias`` [N] if given: [..., N] in x's dtype (float32, float16
+    or bfloat16), summed in float32 and rounded once, as F.linear; with ``round_before_bias``, the product is
+    rounded before the bias is added (as the original's quantized layers do). INT8 values and packed INT4
+    bytes [N, K / 2] (``int4``) come with their row scales [N]. Check `takes_matmul` first. A bfloat16
+    weight may take x rounded to bfloat16 (exact in a bfloat16 model; F.linear would need x in bfloat16 too)."""
     rows, columns = weight.shape[0], weight.shape[1] * (2 if int4 else 1)
     if (weight.dtype == torch.int8) != (scale is not None):
         raise ValueError("integer weights need their row scales, a float weight has none")
-    x32 = x.reshape(-1, columns).float().contiguous()  # [tokens, K]
-    out = torch.empty(x32.shape[0], rows, dtype=torch.float32)
-    kernel = getattr(library(), f"matmul_{_kind(weight.dtype, int4)}")
-    if scale is None:
-        kernel(x32.data_ptr(), weight.data_ptr(), out.data_ptr(), x32.shape[0], rows, columns,
-               torch.get_num_threads())
-    else:
-        scale = scale if scale.dtype in SCALE_KIND else scale.float()
-        kernel(x32.data_ptr(), weight.data_ptr(), scale.contiguous().data_ptr(), SCALE_KIND[scale.dtype],
-               out.data_ptr(), x32.shape[0], rows, columns, torch.get_num_threads())
+    x2 = x.reshape(-1, columns).contiguous()  # [tokens, K]
+    out = torch.empty(x2.shape[0], rows, dtype=x.dtype)
+    if scale is not None:
+        scale = (scale if scale.dtype in FLOAT_KIND else scale.float()).contiguous()
+    if bias is not None:
+        bias = (bias if bias.dtype in FLOAT_KIND else bias.float()).contiguous()
+    library().linear(WEIGHT_KIND[_kind(weight.dtype, int4)], x2.data_ptr(), FLOAT_KIND[x.dtype], weight.data_ptr(),
+                     None if scale is None else scale.data_ptr(), 0 if scale is None else FLOAT_KIND[scale.dtype],
+                     None if bias is None else bias.data_ptr(), 0 if bias is None else FLOAT_KIND[bias.dtype],
+                     round_before_bias, out.data_ptr(), x2.shape[0], rows, columns, torch.get_num_threads())
     return out.view(*x.shape[:-1], rows)
 
 

@@ -41,10 +41,7 @@ class Linear(nn.Linear):
     def forward(self, x):
         if not takes_matmul(x, self.weight):
             return super().forward(x)
-        out = matmul(x, self.weight)
-        if self.bias is not None:
-            out += self.bias  # in float32, then rounded once, like F.linear
-        return out.to(x.dtype)
+        return matmul(x, self.weight, bias=self.bias)  # the bias added in float32, then rounded once, like F.linear
 
 
 # --- rotary position embedding ---------------------------------------------------------------------

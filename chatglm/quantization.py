@@ -288,8 +288,7 @@ class QuantizedLinear(QuantizedWeight):
         if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return F.linear(x, self.dequantize(x.dtype), bias)
         if takes_matmul(x, self.weight, int4=self.bits == 4):  # a decoding step (or a short INT4 prompt)
-            out = matmul(x, self.weight, self.weight_scale, int4=self.bits == 4).to(x.dtype)
-            return out if bias is None else out + bias
+            return matmul(x, self.weight, self.weight_scale, int4=self.bits == 4, bias=bias, round_before_bias=True)
         tokens = x.reshape(-1, self.in_features).to(CPU_COMPUTE_DTYPE)  # [tokens, in]
         # one op: the product is computed in the wider of the two dtypes, then rounded to the model's
         out = (self.cpu_integer_matmul(tokens) * self.weight_scale).to(x.dtype)

@@ -19,6 +19,13 @@ def test_the_kernels_build_where_a_compiler_is_installed():
     assert cpu_kernels.library() is not None
 
 
+def assert_rounded_product(out, expected):
+    """out is the float32 sum of the product, rounded once to out's dtype: within 1e-4 of the exact product
+    in float32, within half a step of bfloat16 (and 1e-4) in bfloat16."""
+    relative = 0 if out.dtype == torch.float32 else 2**-8
+    assert ((out.double() - expected).abs() <= expected.abs() * relative + 1e-4).all()
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("rows", [260, 263])  # the last rows outside the tiles of four
@@ -31,8 +38,8 @@ def test_one_token_matmul_equals_the_float64_product(dtype, x_dtype, rows):
     assert cpu_kernels.takes_matmul(x, weight)
     out = cpu_kernels.matmul(x, weight)
     expected = x.double() @ weight.double().T
-    assert out.dtype == torch.float32 and out.shape == (1, 1, rows)
-    torch.testing.assert_close(out.double(), expected, rtol=0, atol=1e-4)
+    assert out.dtype == x.dtype and out.shape == (1, 1, rows)
+    assert_rounded_product(out, expected)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -48,8 +55,8 @@ def test_a_batch_of_tokens_matmul_equals_the_float64_product(dtype, tokens):
         return
     assert cpu_kernels.takes_matmul(x, weight)
     out = cpu_kernels.matmul(x, weight)
-    assert out.shape == (tokens, 1, 258)
-    torch.testing.assert_close(out.double(), x.double() @ weight.double().T, rtol=0, atol=1e-4)
+    assert out.shape == (tokens, 1, 258) and out.dtype == x.dtype
+    assert_rounded_product(out, x.double() @ weight.double().T)
 
 
 def test_how_many_tokens_the_kernels_take():
@@ -110,6 +117,34 @@ def test_row_scales_are_read_in_the_dtype_they_are_stored_in(int4, scale_dtype):
     x = torch.randn(3, 2048, generator=torch.Generator().manual_seed(2))
     out = cpu_kernels.matmul(x, layer.weight, scale, int4=int4)
     assert torch.equal(out, cpu_kernels.matmul(x, layer.weight, scale.float(), int4=int4))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("weight_kind", ["float", "int8", "int4"])
+@pytest.mark.parametrize("round_before_bias", [False, True])
+@pytest.mark.parametrize("tokens", [1, 3])
+def test_outputs_and_bias_are_rounded_as_torch_rounds_them(dtype, weight_kind, round_before_bias, tokens):
+    """In a bfloat16/float16 model the kernels write the output in the model's dtype and add the bias
+    themselves: the same bits as torch rounding the float32 product (once, as F.linear; or before a
+    bias added in the model's dtype, as the original's quantized layers). 514 rows: the last two lie
+    outside the vectors of the rounding loop."""
+    generator = torch.Generator().manual_seed(3)
+    weight = torch.randn(514, 2048, generator=generator)
+    weight[5] *= 1e4  # outputs beyond float16's range become inf in both
+    x = torch.randn(tokens, 2048, generator=generator).to(dtype)
+    bias = torch.randn(514, generator=generator).to(dtype)
+    if weight_kind == "float":
+        weight, scale, int4 = weight.to(dtype), None, False
+    else:
+        layer = QuantizedLinear.from_weight(weight, 4 if weight_kind == "int4" else 8)
+        weight, scale, int4 = layer.weight, layer.weight_scale, weight_kind == "int4"
+    product = cpu_kernels.matmul(x.float(), weight, scale, int4=int4)  # float32
+    if round_before_bias:
+        expected = product.to(dtype) + bias
+    else:
+        expected = (product + bias.float()).to(dtype)
+    out = cpu_kernels.matmul(x, weight, scale, int4=int4, bias=bias, round_before_bias=round_before_bias)
+    assert out.dtype == dtype and torch.equal(out, expected)
 
 
 def int4_layer(rows, columns, seed=1):
@@ -282,6 +317,7 @@ def test_the_builds_for_other_cpus_compute_the_same(march, tmp_path):
                                                 "test_a_batch_of_tokens_matmul_equals_the_float64_product",
                                                 "test_int8_matmul_applies_the_fp16_row_scales",
                                                 "test_int4_matmul_reads_the_original_layout_and_applies_the_row_scales",
+                                                "test_outputs_and_bias_are_rounded_as_torch_rounds_them",
                                                 "test_one_query_attention_over_a_cache_buffer_view")]
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env,
                             capture_output=True, text=True)

@@ -136,9 +136,9 @@ class CountingMatmul:
     def __init__(self):
         self.kinds = []
 
-    def __call__(self, x, weight, scale=None, int4=False):
+    def __call__(self, x, weight, scale=None, int4=False, **options):
         self.kinds.append("i4" if int4 else str(weight.dtype))
-        return cpu_kernels.matmul(x, weight, scale, int4=int4)
+        return cpu_kernels.matmul(x, weight, scale, int4=int4, **options)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
