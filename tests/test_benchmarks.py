@@ -52,3 +52,18 @@ def test_quantized_kernels_names_the_path_each_layer_takes(script_env):
     assert paths == {(8, 1): "C kernel", (8, 40): "bf16 weight + F.linear",
                      (4, 1): "C kernel", (4, 40): "bf16 weight + F.linear"}
     assert all(float(cell) > 0 for row in rows for cell in (row[2], row[4], row[5]))
+
+
+@pytest.mark.parametrize("quantize", [[], ["--quantize", "4", "--dtype", "bfloat16"]])
+def test_step_overhead_splits_a_generate_step(script_env, quantize):
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "step_overhead.py"), "--new-tokens", "9",
+                             "--threads", "1", *quantize], capture_output=True, text=True, env=script_env,
+                            cwd=REPO_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {cells[0].strip(): float(cells[1]) for cells in
+            (line.strip("|").split("|") for line in result.stdout.splitlines() if line.startswith("| "))
+            if re.fullmatch(r"\s*[\d.-]+\s*", cells[1])}
+    step = next(ms for name, ms in rows.items() if name.startswith("generate() step"))
+    assert rows["blocks: products (C kernels)"] > 0 and rows["LM head: product (C kernel)"] > 0
+    parts = sum(ms for name, ms in rows.items() if not name.startswith("generate() step"))
+    assert 0.9 * step < parts < 1.1 * step  # the parts cover the step
