@@ -321,8 +321,8 @@ int bf16_batches(void) { return 0; }  /* widening every weight: torch's batches 
 
 /* The products' activations, outputs, biases and row scales are read and written in the dtype torch holds
    them in: float32, float16 or bfloat16 (F32, F16, BF16), so that a layer's call makes no copies around
-   the product (converting x, the output and the fp16 row scales, and adding the bias, took a sixth of a
-   decoding step of a quantized model, outside the products). */
+   the product (torch ops converting x, the output and the fp16 row scales, and adding the bias, cost an
+   INT4 step of the mid model 0.35 ms, measured alternating with this). */
 enum { F32, F16, BF16 };
 static inline float load1(const void *p, int64_t i, int kind) {
     if (kind == F32) return ((const float *)p)[i];
@@ -724,7 +724,7 @@ def library():
                            size, size, size, integer]
     for suffix in ("f32", "bf16", "f16"):
         getattr(lib, f"attend_{suffix}").argtypes = [pointer] * 6 + [size] * 6 + [ctypes.c_float, integer]
-    lib.unpack_i4_bf16.argtypes = [pointer, pointer, size, ctypes.c_int]
+    lib.unpack_i4_bf16.argtypes = [pointer, pointer, size, integer]
     return lib
 
 
