@@ -163,10 +163,13 @@ def stream_generate(model, input_ids, attention_mask=None, position_ids=None, ge
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    step_ids, cache = input_ids, None
+    step_ids, cache, decoded = input_ids, None, False
     while input_ids.shape[1] < config.max_length:
-        if cache is not None:  # decoding the newest token after the cached ones
+        if decoded:  # the newest token, after the one decoded last
+            position_ids = model.transformer.next_position_ids(position_ids)
+        elif cache is not None:  # the first token after the prompt: its positions come from the prompt's ids
             position_ids = model.transformer.get_position_ids(input_ids, attention_mask, input_ids.shape[1] - 1)
+            decoded = True
         outputs = model(step_ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache,
                         use_cache=True)
         cache = outputs.cache

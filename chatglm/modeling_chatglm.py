@@ -332,6 +332,14 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         return glm_position_ids(input_ids.shape[1], context_lengths, mask_positions, counting=counting, pads=pads,
                                 start=past_length, two_d=self.config.position_encoding_2d)
 
+    def next_position_ids(self, position_ids):
+        """The positions of the token decoded after one decoded at ``position_ids`` ([batch, 2, 1], or [batch,
+        1] without 2-D encoding): the absolute position stays at the mask token's, the block position counts
+        on. (Cheaper than get_position_ids, which reads every id of the sequence.)"""
+        if not self.config.position_encoding_2d:
+            return position_ids
+        return position_ids + torch.tensor([0, 1], device=position_ids.device)[:, None]
+
     def get_attention_mask(self, input_ids, past_length, padding_mask, prefix_length):
         """Boolean mask [batch, 1, query, key], True = may attend, or None when nothing is masked.
 

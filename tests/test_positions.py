@@ -1,6 +1,7 @@
 """GLM positions against the original's rules, written out here independently of chatglm/positions.py:
 1-D rotary models (position_encoding_2d=False) in a mixed [MASK]/[gMASK] batch, through the forward pass,
-cached and uncached generation and stream_generate; and the private generate() hooks we still rely on.
+cached and uncached generation and stream_generate (and the positions it moves on step by step); and the
+private generate() hooks we still rely on.
 (2-D positions are checked against the original's recorded outputs in test_reference_goldens.py.)"""
 
 import pytest
@@ -122,6 +123,22 @@ def test_cached_decoding_positions(flat_model, tokenizer, mixed_batch):
     context = [row.index(SOP) for row in mixed_batch.tolist()]
     expected = [[[mask], [length - 1 - ctx + 1]] for [mask], ctx in zip(decode, context)]
     assert two_d.get_position_ids(grown, past_length=length - 1).tolist() == expected
+
+
+@pytest.mark.parametrize("two_d", [False, True])
+def test_next_position_ids_follow_the_decoded_tokens(tokenizer, mixed_batch, two_d):
+    """stream_generate moves each decoded token's positions on with next_position_ids instead of reading the
+    whole sequence again: the same positions, step after step, with left padding in the batch too."""
+    transformer = random_model(tokenizer, position_encoding_2d=two_d).transformer
+    ids = torch.cat((torch.full((3, 2), PAD), mixed_batch), dim=1)
+    padding = (ids != PAD).long()
+    padding[1, :2] = 1  # one row without padding: its two PAD ids are context
+    positions = transformer.get_position_ids(ids, padding, ids.shape[1] - 1)
+    for token in range(5):
+        ids = torch.cat((ids, torch.full((3, 1), 20 + token)), dim=1)
+        padding = torch.cat((padding, torch.ones(3, 1, dtype=torch.long)), dim=1)
+        positions = transformer.next_position_ids(positions)
+        assert torch.equal(positions, transformer.get_position_ids(ids, padding, ids.shape[1] - 1))
 
 
 def spy_on(monkeypatch, model, names):
