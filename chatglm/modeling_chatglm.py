@@ -547,9 +547,9 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
 
     # --- generate() integration ---
 
-    # Three private hooks remain, each with a test that fails if transformers stops calling it:
-    # generate() builds the prompt's positions with the first and expands them for beams with the third
-    # (tests/test_positions.py), and takes its cache from the second (tests/test_kv_cache.py).
+    # Four private hooks remain, each with a test that fails if transformers stops calling it: generate()
+    # builds the prompt's positions with the first, expands them for beams with the third and moves them on
+    # with the fourth (tests/test_positions.py), and takes its cache from the second (tests/test_kv_cache.py).
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         return self.transformer.get_position_ids(inputs_tensor, model_kwargs.get("attention_mask"))
@@ -572,14 +572,25 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
             model_kwargs["position_ids"] = position_ids.repeat_interleave(expand_size, dim=0)
         return input_ids, model_kwargs
 
+    def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False,
+                                            num_new_tokens=1):
+        # transformers would move every position row on by one per new token. A 2-D model's next token keeps
+        # the absolute position and moves the block position on (next_position_ids), from the last token's;
+        # a 1-D model's first decoded token does not follow from the prompt's last position (a [gMASK] prompt
+        # keeps counting), so its positions are read from the ids in prepare_inputs_for_generation.
+        positions = model_kwargs.pop("position_ids", None)
+        model_kwargs = super()._update_model_kwargs_for_generation(outputs, model_kwargs, is_encoder_decoder,
+                                                                   num_new_tokens)
+        if positions is not None and self.config.position_encoding_2d and num_new_tokens == 1:
+            model_kwargs["position_ids"] = self.transformer.next_position_ids(positions[..., -1:])
+        return model_kwargs
+
     def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, is_first_iteration=False,
                                       **kwargs):
         inputs = super().prepare_inputs_for_generation(
             input_ids, *args, attention_mask=attention_mask, is_first_iteration=is_first_iteration, **kwargs
         )
-        if not is_first_iteration:
-            # transformers moves every position row on by one per new token; GLM positions come from the ids
-            # (the prompt's, given or built, were used by the first step)
+        if not is_first_iteration and inputs.get("position_ids") is None:
             past_length = input_ids.shape[1] - inputs["input_ids"].shape[1]
             inputs["position_ids"] = self.transformer.get_position_ids(input_ids, attention_mask, past_length)
         return inputs

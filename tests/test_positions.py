@@ -141,6 +141,24 @@ def test_next_position_ids_follow_the_decoded_tokens(tokenizer, mixed_batch, two
         assert torch.equal(positions, transformer.get_position_ids(ids, padding, ids.shape[1] - 1))
 
 
+def test_two_dimensional_generation_moves_positions_on_as_the_ids_give_them(tokenizer):
+    """generate() moves a 2-D model's positions on after each token without reading the ids again: the same
+    greedy tokens as decoding step by step with every step's positions read from the whole sequence, in a
+    left-padded batch."""
+    model = random_model(tokenizer)
+    batch = tokenizer(["你好", "晚上睡不着应该怎么办"], padding=True, return_tensors="pt")
+    ids, padding = batch["input_ids"], batch["attention_mask"]
+    got = model.generate(ids, attention_mask=padding, max_new_tokens=6, do_sample=False, eos_token_id=None)
+    with torch.no_grad():
+        out = model(ids, attention_mask=padding, use_cache=True)
+        for _ in range(6):
+            ids = torch.cat((ids, out.logits[:, -1].argmax(dim=-1, keepdim=True)), dim=1)
+            padding = torch.cat((padding, torch.ones(2, 1, dtype=padding.dtype)), dim=1)
+            positions = model.transformer.get_position_ids(ids, padding, ids.shape[1] - 1)
+            out = model(ids[:, -1:], position_ids=positions, attention_mask=padding, cache=out.cache, use_cache=True)
+    assert got.tolist() == ids.tolist()
+
+
 def spy_on(monkeypatch, model, names):
     calls = []
     for name in names:
@@ -155,11 +173,13 @@ def spy_on(monkeypatch, model, names):
 
 
 def test_transformers_still_calls_our_private_generation_hooks(tokenizer, monkeypatch):
-    """generate() must build the prompt's GLM positions with _prepare_position_ids_for_generation and expand
-    given [batch, 2, seq] positions for beams with _expand_inputs_for_generation; if a transformers release
-    stops calling either, the overrides in modeling_chatglm.py are dead and positions go wrong."""
+    """generate() must build the prompt's GLM positions with _prepare_position_ids_for_generation, expand
+    given [batch, 2, seq] positions for beams with _expand_inputs_for_generation and move them on after each
+    token with _update_model_kwargs_for_generation; if a transformers release stops calling one, the overrides
+    in modeling_chatglm.py are dead and positions go wrong."""
     model = random_model(tokenizer)
-    hooks = ("_prepare_position_ids_for_generation", "_expand_inputs_for_generation")
+    hooks = ("_prepare_position_ids_for_generation", "_expand_inputs_for_generation",
+             "_update_model_kwargs_for_generation")
     calls = spy_on(monkeypatch, model, hooks)
     ids = torch.tensor([tokenizer.encode("你好")])
     model.generate(ids, max_new_tokens=2, do_sample=False, num_beams=2)
