@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 
 from .generation import clean_inside
-from .positions import glm_position_ids
 
 logger = logging.getLogger("chatglm.serving")
 
@@ -134,16 +133,15 @@ class BatchKVCache:
 class RunningBatch:
     """The engine's state between steps: row i belongs to ``sequences[i]``.
 
-    ``padding`` [batch, cached]: 1 for a real token, 0 for left padding. ``context_lengths`` and
-    ``mask_positions`` [batch]: where each row's `<sop>` and mask token are, counted without padding (they
-    give the GLM positions of every new token). ``next_tokens`` [batch]: the tokens sampled last, to be fed
-    in at the next step.
+    ``padding`` [batch, cached]: 1 for a real token, 0 for left padding. ``next_tokens`` [batch]: the tokens
+    sampled last, to be fed in at the next step, and ``positions`` [batch, 2, 1] (or [batch, 1] without 2-D
+    encoding) their GLM positions, which do not depend on the padding.
     """
 
-    def __init__(self, sequence, cache, padding, context_lengths, mask_positions, next_tokens):
+    def __init__(self, sequence, cache, padding, next_tokens, positions):
         self.sequences = [sequence]
-        self.cache, self.padding, self.next_tokens = cache, padding, next_tokens
-        self.context_lengths, self.mask_positions = context_lengths, mask_positions
+        self.cache, self.padding = cache, padding
+        self.next_tokens, self.positions = next_tokens, positions
         self.settings = sampling_settings(self.sequences, padding.device)
 
     def __len__(self):
@@ -157,8 +155,7 @@ class RunningBatch:
         shorter.padding = F.pad(shorter.padding, (abs(difference), 0))
         self.cache.append_rows(other.cache)
         self.padding = torch.cat((self.padding, other.padding))
-        self.context_lengths = torch.cat((self.context_lengths, other.context_lengths))
-        self.mask_positions = torch.cat((self.mask_positions, other.mask_positions))
+        self.positions = torch.cat((self.positions, other.positions))
         self.next_tokens = torch.cat((self.next_tokens, other.next_tokens))
         self.sequences += other.sequences
         self.settings = sampling_settings(self.sequences, self.padding.device)
@@ -170,8 +167,7 @@ class RunningBatch:
         self.settings = sampling_settings(self.sequences, self.padding.device)
         self.cache.keep_rows(rows)
         self.padding = self.padding.index_select(0, rows)
-        self.context_lengths = self.context_lengths.index_select(0, rows)
-        self.mask_positions = self.mask_positions.index_select(0, rows)
+        self.positions = self.positions.index_select(0, rows)
         self.next_tokens = self.next_tokens.index_select(0, rows)
         unused = int(self.padding.any(dim=0).int().argmax())  # first column holding a real token
         if unused:
@@ -369,17 +365,19 @@ class Engine:
         model = self.model
         try:
             ids = torch.tensor([sequence.prompt_ids], device=model.device)  # [1, prompt]
-            context_length, mask_position, _ = model.transformer.special_positions(ids)
             cache = BatchKVCache()
             logits = model(ids, position_ids=model.transformer.get_position_ids(ids), cache=cache,
                            use_cache=True).logits[:, -1].float()
             token = sample_next_tokens(logits, *sampling_settings([sequence], model.device))
+            # the positions of the token just sampled, fed in at the next step
+            positions = model.transformer.get_position_ids(torch.cat((ids, token[:, None]), dim=1),
+                                                           past_length=ids.shape[1])
         except Exception as exc:
             logger.warning("prefill failed: %s: %s", type(exc).__name__, exc)
             self._finish(sequence, ERROR, f"{type(exc).__name__}: {exc}")
             return
         self.counts["prompt_tokens"] += len(sequence.prompt_ids)
-        joined = RunningBatch(sequence, cache, torch.ones_like(ids), context_length, mask_position, token)
+        joined = RunningBatch(sequence, cache, torch.ones_like(ids), token, positions)
         if self._append_token(sequence, int(token)):
             if self.batch is None:
                 self.batch = joined
@@ -389,16 +387,12 @@ class Engine:
     def _decode_step(self):
         """One forward pass for every running row, then one new token per row."""
         batch, model = self.batch, self.model
-        # the fed token sits at index `width` of the left-padded rows; `pads` takes the padding back out
-        width = batch.padding.shape[1]
-        pads = width - batch.padding.sum(dim=1)
-        positions = glm_position_ids(width + 1, batch.context_lengths + pads, batch.mask_positions + pads, pads=pads,
-                                     start=width, two_d=model.config.position_encoding_2d)  # [batch, 2, 1]
         padding = F.pad(batch.padding, (0, 1), value=1)  # [batch, width + 1]
-        logits = model(batch.next_tokens[:, None], position_ids=positions, attention_mask=padding,
+        logits = model(batch.next_tokens[:, None], position_ids=batch.positions, attention_mask=padding,
                        cache=batch.cache, use_cache=True).logits[:, -1].float()
         tokens = sample_next_tokens(logits, *batch.settings)
         batch.padding, batch.next_tokens = padding, tokens
+        batch.positions = model.transformer.next_position_ids(batch.positions)
         self.counts["steps"] += 1
         keep = [self._append_token(s, t) for s, t in zip(batch.sequences, tokens.tolist())]
         if not all(keep):
