@@ -194,8 +194,8 @@ def _unit_group_scales(in_features, out_features, group_size):
 
 
 @functools.cache
-def _unit_row_scales(out_features, dtype=CPU_COMPUTE_DTYPE):
-    return torch.ones(out_features, dtype=dtype)
+def _unit_row_scales(out_features):
+    return torch.ones(out_features, dtype=CPU_COMPUTE_DTYPE)
 
 
 def _is_aligned(t):
@@ -319,9 +319,9 @@ class QuantizedLinear(QuantizedWeight):
         scratch buffer (a quantized LM head), the kernels a few tokens at a time."""
         if self.fits_scratch or not takes_matmul(tokens[:1], self.weight, int4=True):
             return F.linear(tokens, self._integer_values_bfloat16())
-        ones = _unit_row_scales(self.out_features, torch.float32)
+        ones = _unit_row_scales(self.out_features)  # read by the kernels in bfloat16, as the products come out
         parts = tokens.split(most_tokens(self.weight.dtype, int4=True))
-        return torch.cat([matmul(part, self.weight, ones, int4=True) for part in parts]).to(CPU_COMPUTE_DTYPE)
+        return torch.cat([matmul(part, self.weight, ones, int4=True) for part in parts])
 
     @property
     def fits_scratch(self):

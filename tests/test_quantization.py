@@ -189,6 +189,23 @@ def test_cpu_forward_agrees_with_the_dequantized_weight(bits, dtype, tokens, ker
     assert ((out.float() - expected).norm() / expected.norm()) < activation_tolerance(bits, kernels)
 
 
+def test_an_int4_weight_too_big_for_the_scratch_buffer_takes_long_prompts_in_kernel_chunks(monkeypatch):
+    """A quantized LM head is too big to expand to bfloat16: a long prompt goes through the C kernel 32
+    tokens at a time, with the same result as a weight that fits (up to the kernel's int8 activations)."""
+    layer = layer_with_bias(4)
+    x = torch.randn(1, 70, 256, generator=torch.Generator().manual_seed(2)).bfloat16()
+    expected = x.float() @ layer.dequantize(torch.float32).T + layer.bias
+    with torch.no_grad():
+        layer = layer.bfloat16()
+        fitting = layer(x)
+        monkeypatch.setattr(quantization, "SCRATCH_MAX_VALUES", 256 * 191)
+        assert not layer.fits_scratch
+        chunked = layer(x)
+    assert chunked.dtype == torch.bfloat16 and chunked.shape == fitting.shape
+    for out in (fitting, chunked):
+        assert ((out.float() - expected).norm() / expected.norm()) < activation_tolerance(4, "c-kernels")
+
+
 def test_gradients_flow_through_a_quantized_layer():
     """P-Tuning on a quantized model back-propagates through its frozen layers."""
     layer = layer_with_bias(4)
