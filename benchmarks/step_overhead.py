@@ -77,7 +77,12 @@ class TimedKernels:
             try:
                 return kernel(*args)
             finally:
-                label = "attention kernel" if name.startswith("attend") else f"products ({self.timers.where})"
+                if name.startswith("attend"):
+                    label = "attention kernel"
+                elif name == "rotate_qk":
+                    label = "rotary kernel"  # inside the "rotary" part
+                else:
+                    label = f"products ({self.timers.where})"
                 self.timers.spent[label] += time.perf_counter() - start
 
         return timed
@@ -95,7 +100,7 @@ def instrument(model):
     timers.wrap(model.lm_head, "forward", "LM head", where="LM head")
     for block in transformer.layers:
         timers.wrap(block, "forward", "blocks", where="blocks")
-    timers.wrap(modeling_chatglm, "apply_rotary", "rotary")
+    timers.wrap(modeling_chatglm, "rotate_queries_and_keys", "rotary")
     timers.wrap(modeling_chatglm.F, "gelu", "GELU")
     timers.wrap(modeling_chatglm.F, "scaled_dot_product_attention", "torch attention")
     return timers

@@ -66,6 +66,7 @@ static inline vf v_f16(const uint16_t *p) { return _mm512_cvtph_ps(_mm256_loadu_
 static inline vf v_fma(vf a, vf b, vf c) { return _mm512_fmadd_ps(a, b, c); }
 static inline vf v_add(vf a, vf b) { return _mm512_add_ps(a, b); }
 static inline vf v_mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+static inline vf v_sub(vf a, vf b) { return _mm512_sub_ps(a, b); }
 static inline float v_sum(vf a) { return _mm512_reduce_add_ps(a); }
 /* [sum a, sum b, sum c, sum d] with a third of the shuffles of four v_sum */
 static inline __m128 v_sum4(vf a, vf b, vf c, vf d) {
@@ -135,6 +136,7 @@ static inline float v_sum(vf a) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 static inline vf v_mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+static inline vf v_sub(vf a, vf b) { return _mm256_sub_ps(a, b); }
 static inline __m128 v_sum4(vf a, vf b, vf c, vf d) {
     vf ab = _mm256_add_ps(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
     vf cd = _mm256_add_ps(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
@@ -594,6 +596,40 @@ void linear(int w_kind, const void *x, int x_kind, const void *w, const void *sc
     if (x_kind != F32) free(x32), free(y32);
 }
 
+/* Rotary position embedding of queries and keys, in place, rounded as torch's ops round it: x is [tokens,
+   heads, 3, D] (each head's q, k and v, as the fused projection lays them out) and cos, sin are [tokens, D],
+   all of kind `kind`. In each of the `parts` slices [x1 | x2] of a head's q and k, x becomes
+   x * cos + [-x2 | x1] * sin: both products are rounded to `kind`, then their sum, as torch's three ops
+   round them (a + (-b) is a - b exactly). */
+static inline vf v_product(const void *x, int64_t i, const void *table, int64_t j, int kind) {
+    return v_rounded(v_mul(v_load(x, i, kind), v_load(table, j, kind)), kind);
+}
+static inline float product1(const void *x, int64_t i, const void *table, int64_t j, int kind) {
+    return rounded1(load1(x, i, kind) * load1(table, j, kind), kind);
+}
+void rotate_qk(void *x, const void *cos, const void *sin, int kind, int64_t tokens, int64_t heads, int64_t D,
+               int parts, int threads) {
+    const int64_t half = D / parts / 2;
+    #pragma omp parallel for schedule(static) num_threads(threads) if (tokens * heads >= 256)
+    for (int64_t th = 0; th < tokens * heads; th++) {
+        const int64_t t = (th / heads) * D;
+        for (int64_t row = th * 3 * D; row < th * 3 * D + 2 * D; row += D)  /* q, then k */
+            for (int64_t start = 0; start < D; start += 2 * half) {  /* x1, then x2, each half wide */
+                int64_t a = start, b = start + half;
+                for (; a + VL <= start + half; a += VL, b += VL) {
+                    vf first = v_sub(v_product(x, row + a, cos, t + a, kind), v_product(x, row + b, sin, t + a, kind));
+                    vf second = v_add(v_product(x, row + b, cos, t + b, kind), v_product(x, row + a, sin, t + b, kind));
+                    v_store_kind(x, row + a, first, kind), v_store_kind(x, row + b, second, kind);
+                }
+                for (; a < start + half; a++, b++) {
+                    float first = product1(x, row + a, cos, t + a, kind) - product1(x, row + b, sin, t + a, kind);
+                    float second = product1(x, row + b, cos, t + b, kind) + product1(x, row + a, sin, t + b, kind);
+                    store1(x, row + a, first, kind), store1(x, row + b, second, kind);
+                }
+            }
+    }
+}
+
 /* The values of count packed INT4 bytes as 2 * count bfloat16 (exact), in order: the weight that long
    prompts multiply with F.linear. */
 void unpack_i4_bf16(const int8_t *w, uint32_t *out, int64_t count, int threads) {
@@ -606,20 +642,24 @@ void unpack_i4_bf16(const int8_t *w, uint32_t *out, int64_t count, int threads) 
     }
 }
 
-/* One query per (batch, head) over L cached positions: out = softmax(scale * q.k_j) @ v, in float32.
-   k and v are [batch, heads, L, D] with rows of D contiguous and the given batch and head strides
-   (a view of a cache buffer longer than L); scores is scratch of batch * heads * L floats. mask (or NULL)
-   is [batch, L], 0 where a row's query may not look (left padding of a batch): those positions weigh 0. */
-#define ATTEND(NAME, T, LOAD)                                                                            \
-void NAME(const float *q, const T *k, const T *v, float *out, float *scores, const uint8_t *mask,        \
-          int64_t batch, int64_t heads, int64_t L, int64_t D, int64_t stride_b, int64_t stride_h,         \
-          float scale, int threads) {                                                                   \
+/* One query per (batch, head) over L cached positions: out = softmax(scale * q.k_j) @ v, summed in float32.
+   q is [batch, heads, D] with the given strides (a view of the fused projection's output), out [batch,
+   heads, D] contiguous, both of T. k and v are [batch, heads, L, D] with rows of D contiguous and the given
+   batch and head strides (a view of a cache buffer longer than L); scores is scratch of batch * heads * L
+   floats. mask (or NULL) is [batch, L], 0 where a row's query may not look (left padding of a batch):
+   those positions weigh 0. */
+#define ATTEND(NAME, T, LOAD, STORE)                                                                     \
+void NAME(const T *q, int64_t q_stride_b, int64_t q_stride_h, const T *k, const T *v, T *out,            \
+          float *scores, const uint8_t *mask, int64_t batch, int64_t heads, int64_t L, int64_t D,        \
+          int64_t stride_b, int64_t stride_h, float scale, int threads) {                               \
     _Pragma("omp parallel for schedule(static) num_threads(threads)")                                   \
     for (int64_t bh = 0; bh < batch * heads; bh++) {                                                    \
         const T *kh = k + (bh / heads) * stride_b + (bh % heads) * stride_h;                            \
         const T *vh = v + (bh / heads) * stride_b + (bh % heads) * stride_h;                            \
         const uint8_t *seen = mask ? mask + (bh / heads) * L : NULL;                                    \
-        const float *qh = q + bh * D;                                                                   \
+        float qh[256];                                                                                  \
+        for (int64_t d = 0; d < D; d += VL)                                                             \
+            v_store(qh + d, LOAD(q + (bh / heads) * q_stride_b + (bh % heads) * q_stride_h + d));       \
         float *s = scores + bh * L, top = -INFINITY;                                                    \
         int64_t j = 0;                                                                                  \
         for (; j + 4 <= L; j += 4) {  /* four positions at a time, summed together */                   \
@@ -656,18 +696,18 @@ void NAME(const float *q, const T *k, const T *v, float *out, float *scores, con
             vf p = v_set(s[j] / total);                                                                 \
             for (int64_t c = 0; c < D / VL; c++) acc[c] = v_fma(p, LOAD(vh + j * D + c * VL), acc[c]);  \
         }                                                                                               \
-        for (int64_t c = 0; c < D / VL; c++) v_store(out + bh * D + c * VL, acc[c]);                    \
+        for (int64_t c = 0; c < D / VL; c++) STORE(out + bh * D + c * VL, acc[c]);                      \
     }                                                                                                   \
 }
-ATTEND(attend_f32, float, v_f32)
-ATTEND(attend_bf16, uint16_t, v_bf16)
-ATTEND(attend_f16, uint16_t, v_f16)
+ATTEND(attend_f32, float, v_f32, v_store)
+ATTEND(attend_bf16, uint16_t, v_bf16, v_store_bf16)
+ATTEND(attend_f16, uint16_t, v_f16, v_store_f16)
 """
 
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16", torch.int8: "i8"}
 FLOAT_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # the C side's F32, F16, BF16
 WEIGHT_KIND = {"f32": 0, "f16": 1, "bf16": 2, "i8": 3, "i4": 4}  # its W_F32 ... W_I4
-COMPILE_FLAGS = ("-O3", "-fopenmp", "-shared", "-fPIC")
+COMPILE_FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 
 
 def _cache_dir():
@@ -723,7 +763,9 @@ def library():
     lib.linear.argtypes = [integer, pointer, integer, pointer, pointer, integer, pointer, integer, integer, pointer,
                            size, size, size, integer]
     for suffix in ("f32", "bf16", "f16"):
-        getattr(lib, f"attend_{suffix}").argtypes = [pointer] * 6 + [size] * 6 + [ctypes.c_float, integer]
+        getattr(lib, f"attend_{suffix}").argtypes = ([pointer, size, size] + [pointer] * 5 + [size] * 6
+                                                     + [ctypes.c_float, integer])
+    lib.rotate_qk.argtypes = [pointer, pointer, pointer, integer, size, size, size, integer, integer]
     lib.unpack_i4_bf16.argtypes = [pointer, pointer, size, integer]
     return lib
 
@@ -799,12 +841,31 @@ def unpack_int4_bfloat16(packed, out):
     return out
 
 
+def takes_rotary(qkv, cos, sin):
+    """Whether `rotate_qk` takes this fused projection output [batch, seq, heads, 3, head_dim] and its
+    tables cos, sin (of [batch, seq, head_dim] values): on CPU, contiguous, all of one float dtype."""
+    batch, seq, _, _, head_dim = qkv.shape
+    return (qkv.device.type == "cpu" and qkv.dtype in FLOAT_KIND and cos.dtype == sin.dtype == qkv.dtype
+            and qkv.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
+            and cos.numel() == sin.numel() == batch * seq * head_dim
+            and _inference(qkv) and library() is not None)
+
+
+def rotate_qk(qkv, cos, sin, parts):
+    """Rotate the queries and keys of qkv [batch, seq, heads, 3, head_dim] in place: the same numbers as
+    modeling_chatglm.apply_rotary (each product, then the sum, rounded to the dtype), in one call instead
+    of a dozen torch ops per layer. Check `takes_rotary` first."""
+    batch, seq, heads, _, head_dim = qkv.shape
+    library().rotate_qk(qkv.data_ptr(), cos.data_ptr(), sin.data_ptr(), FLOAT_KIND[qkv.dtype], batch * seq, heads,
+                        head_dim, parts, torch.get_num_threads())
+
+
 def takes_attention(q, k, v, attention_mask):
     """Whether the kernels compute this attention: one query per head on CPU, over keys and values
-    [batch, heads, L, D] whose rows are contiguous (a cache buffer's view is), unmasked or with a boolean
-    mask [batch, 1, 1, L] (the padding of a batch)."""
+    [batch, heads, L, D] of q's dtype whose rows are contiguous (a cache buffer's view is), unmasked or
+    with a boolean mask [batch, 1, 1, L] (the padding of a batch)."""
     batch, _, length, head_dim = k.shape
-    return (q.device.type == "cpu" and q.shape[2] == 1 and k.dtype == v.dtype
+    return (q.device.type == "cpu" and q.shape[2] == 1 and q.dtype == k.dtype == v.dtype and q.stride(3) == 1
             and (attention_mask is None or (attention_mask.dtype == torch.bool
                                             and attention_mask.shape == (batch, 1, 1, length)))
             and k.dtype in (torch.float32, torch.bfloat16, torch.float16) and k.stride() == v.stride()
@@ -815,15 +876,14 @@ def takes_attention(q, k, v, attention_mask):
 
 
 def attend(q, k, v, scale, attention_mask=None):
-    """softmax(scale * q k^T) v for q [batch, heads, 1, D], where the mask allows: [batch, heads, 1, D] in
-    q's dtype."""
+    """softmax(scale * q k^T) v for q [batch, heads, 1, D] (any strides but the last), where the mask
+    allows: [batch, heads, 1, D] in q's dtype."""
     batch, heads, length, head_dim = k.shape
-    q32 = q.float().contiguous()
-    out = torch.empty(batch, heads, 1, head_dim, dtype=torch.float32)
+    out = torch.empty(batch, heads, 1, head_dim, dtype=q.dtype)
     scores = torch.empty(batch * heads * length, dtype=torch.float32)
     mask = None if attention_mask is None else attention_mask.reshape(batch, length).contiguous()
     getattr(library(), f"attend_{SUFFIX[k.dtype]}")(
-        q32.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), scores.data_ptr(),
+        q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), out.data_ptr(), scores.data_ptr(),
         None if mask is None else mask.data_ptr(), batch, heads, length, head_dim, k.stride(0), k.stride(1),
         scale, torch.get_num_threads())
-    return out.to(q.dtype)
+    return out

@@ -220,7 +220,9 @@ def test_one_query_attention_over_a_cache_buffer_view(dtype, head_dim, padded):
     batch, heads, length = 3, 16, 301  # not a whole number of 4 or 16 positions
     buffer = torch.randn(2, batch, heads, 512, head_dim, generator=generator).to(dtype)
     k, v = buffer[0, :, :, :length], buffer[1, :, :, :length]  # like the KV cache: a view with room to grow
-    q = torch.randn(batch, heads, 1, head_dim, generator=generator).to(dtype)
+    # q as the model passes it: a view of the fused projection [batch, 1, heads, 3, head_dim], transposed
+    qkv = torch.randn(batch, 1, heads, 3, head_dim, generator=generator).to(dtype)
+    q = qkv[:, :, :, 0].transpose(1, 2)  # [batch, heads, 1, head_dim]
     mask = None
     if padded:  # rows of a batch left-padded by 0, 1 and 200 positions, whose keys/values are garbage
         mask = (torch.arange(length) >= torch.tensor([0, 1, 200])[:, None])[:, None, None, :]
@@ -237,6 +239,36 @@ def test_one_query_attention_over_a_cache_buffer_view(dtype, head_dim, padded):
     torch.testing.assert_close(out.double(), expected, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("two_d", [True, False])
+@pytest.mark.parametrize("head_dim", [128, 32])  # halves of 32 (two AVX-512 vectors) and of 8 (a scalar tail)
+def test_rotary_kernel_gives_torchs_numbers_exactly(dtype, two_d, head_dim):
+    heads = 4
+    config = ChatGLMConfig(vocab_size=64, hidden_size=heads * head_dim, num_layers=1, num_attention_heads=heads,
+                           max_sequence_length=2048, position_encoding_2d=two_d)
+    transformer = ChatGLMForConditionalGeneration(config).transformer
+    generator = torch.Generator().manual_seed(6)
+    batch, seq = 2, 37
+    shape = (batch, 2, seq) if two_d else (batch, seq)
+    positions = torch.randint(0, 2047, shape, generator=generator)  # every angle, up to the longest sequence
+    rotary = transformer.rotary_tables(positions, dtype)
+    qkv = (torch.randn(batch, seq, heads, 3, head_dim, generator=generator) * 4).to(dtype)
+    expected_q, expected_k = modeling_chatglm.apply_rotary(qkv[:, :, :, :2], rotary).unbind(3)
+    expected_v = qkv[:, :, :, 2].clone()
+    assert cpu_kernels.takes_rotary(qkv, *rotary[:2])
+    q, k = modeling_chatglm.rotate_queries_and_keys(qkv, rotary)  # in place, in qkv
+    assert q.data_ptr() == qkv.data_ptr()
+    assert torch.equal(q, expected_q) and torch.equal(k, expected_k) and torch.equal(qkv[:, :, :, 2], expected_v)
+
+
+def test_rotary_the_kernel_does_not_take():
+    cos = sin = torch.randn(1, 3, 1, 1, 128)
+    assert cpu_kernels.takes_rotary(torch.randn(1, 3, 4, 3, 128), cos, sin)
+    assert not cpu_kernels.takes_rotary(torch.randn(1, 3, 4, 3, 128).bfloat16(), cos, sin)  # tables of another dtype
+    assert not cpu_kernels.takes_rotary(torch.randn(1, 3, 8, 3, 128)[:, :, ::2], cos, sin)  # not contiguous
+    assert not cpu_kernels.takes_rotary(torch.randn(1, 3, 4, 3, 128, requires_grad=True), cos, sin)  # training
+
+
 def test_attention_the_kernels_do_not_take():
     k = v = torch.randn(1, 8, 300, 128)
     assert not cpu_kernels.takes_attention(torch.randn(1, 8, 2, 128), k, v, None)  # two queries
@@ -247,6 +279,7 @@ def test_attention_the_kernels_do_not_take():
     assert not cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), short, short, None)  # cache-resident
     half = short.bfloat16()  # torch's attention over a short bfloat16 cache is several times slower
     assert cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128, dtype=torch.bfloat16), half, half, None)
+    assert not cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), half, half, None)  # q of another dtype
     assert cpu_kernels.takes_attention(torch.randn(1, 8, 1, 128), short, short, torch.ones(1, 1, 1, 16, dtype=bool))
 
 
@@ -318,7 +351,8 @@ def test_the_builds_for_other_cpus_compute_the_same(march, tmp_path):
                                                 "test_int8_matmul_applies_the_fp16_row_scales",
                                                 "test_int4_matmul_reads_the_original_layout_and_applies_the_row_scales",
                                                 "test_outputs_and_bias_are_rounded_as_torch_rounds_them",
-                                                "test_one_query_attention_over_a_cache_buffer_view")]
+                                                "test_one_query_attention_over_a_cache_buffer_view",
+                                                "test_rotary_kernel_gives_torchs_numbers_exactly")]
     result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests], env=env,
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:]
