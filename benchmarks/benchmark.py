@@ -2,7 +2,9 @@
 
 Every configuration runs in its own process (so that its peak memory is its own), configurations
 alternate over the passes and each figure keeps its best pass, and the read bandwidth is measured right
-before each run. Protocol: batch 1, greedy; prefill @512 = one forward over a 512-token prompt (random
+before and right after each run. Within a run the decode contexts alternate over --rounds rounds (16, 1024,
+16, 1024, ...), each keeping its best round, so that a drift of the host's bandwidth between the two does
+not show as a cost of context. Protocol: batch 1, greedy; prefill @512 = one forward over a 512-token prompt (random
 ids, then [gMASK] <sop>; tokens/s, median of 3); decode @N = generate(max_new_tokens=65) after an N-token
 prompt, the median of the 64 step intervals after the first (EOS masked); peak RSS = the process's peak
 resident set (load included); weights read per token = the bytes of every weight a decoding step reads
@@ -103,7 +105,7 @@ def weights_read_per_token(model):
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def measure_ours(name, path, threads, load_only):
+def measure_ours(name, path, threads, load_only, rounds):
     import torch
     from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
 
@@ -134,18 +136,29 @@ def measure_ours(name, path, threads, load_only):
             model(ids, use_cache=True, logits_to_keep=1)  # what generate() runs for a prompt
             prefill.append(time.perf_counter() - start)
         result["prefill_tok_s"] = PREFILL_TOKENS / statistics.median(prefill)
-        for context in DECODE_CONTEXTS:
+
+        def decode_ms(context):
             clock = StepClock()
             ids = torch.tensor([prompt_ids(config, context, rng)])
             model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False,
                            logits_processor=LogitsProcessorList([clock]))
-            steps = [b - a for a, b in zip(clock.stamps, clock.stamps[1:])]
-            result[f"decode_{context}_ms"] = 1e3 * statistics.median(steps)
+            return 1e3 * statistics.median(b - a for a, b in zip(clock.stamps, clock.stamps[1:]))
+
+        result.update(decode_rounds(decode_ms, rounds))
     result["resident"], result["peak_rss"] = memory_now()
     return result
 
 
-def measure_cpp(checkpoint, model_file, load_only):
+def decode_rounds(decode_ms, rounds):
+    """decode_{N}_ms: the best of `rounds` rounds that alternate the contexts; decode_rounds: every round."""
+    times = {context: [] for context in DECODE_CONTEXTS}
+    for _ in range(rounds):
+        for context in DECODE_CONTEXTS:
+            times[context].append(decode_ms(context))
+    return {**{f"decode_{context}_ms": min(ms) for context, ms in times.items()}, "decode_rounds": times}
+
+
+def measure_cpp(checkpoint, model_file, load_only, rounds):
     """chatglm.cpp's own generate() loop, one step at a time (its Pipeline uses every core: 2 here)."""
     import chatglm_cpp
 
@@ -165,7 +178,8 @@ def measure_cpp(checkpoint, model_file, load_only):
         model.generate_next_token(ids, None, gen_config, 0, len(ids))
         prefill.append(time.perf_counter() - start)
     result["prefill_tok_s"] = PREFILL_TOKENS / statistics.median(prefill)
-    for context in DECODE_CONTEXTS:
+
+    def decode_ms(context):
         ids = prompt_ids(config, context, rng)
         n_past, stamps = 0, []
         for _ in range(NEW_TOKENS):
@@ -173,7 +187,9 @@ def measure_cpp(checkpoint, model_file, load_only):
             stamps.append(time.perf_counter())
             n_past = len(ids)
             ids.append(token)
-        result[f"decode_{context}_ms"] = 1e3 * statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+        return 1e3 * statistics.median(b - a for a, b in zip(stamps, stamps[1:]))
+
+    result.update(decode_rounds(decode_ms, rounds))
     result["resident"], result["peak_rss"] = memory_now()
     return result
 
@@ -229,6 +245,15 @@ def read_bandwidth(threads):
 # --- the driver -----------------------------------------------------------------------------------
 
 
+def read_bandwidth_now(args):
+    """GB/s: the better of read_bandwidth's two reads, in a process of its own (0 with --load-only)."""
+    if args.load_only:
+        return 0
+    bandwidth = run_child(sys.executable, ["--bandwidth", "--model", args.model, "--threads", str(args.threads)],
+                          args.threads)
+    return max(bandwidth.values())
+
+
 def run_child(python, arguments, threads, timeout=1800, **environment):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), **environment)
     result = subprocess.run([python, __file__, *arguments], capture_output=True, text=True, env=env,
@@ -257,19 +282,20 @@ def measure(args, name):
     else:
         arguments = ["--child", name, "--model", args.model, "--threads", str(args.threads)]
         python = sys.executable
+    arguments += ["--rounds", str(args.rounds)]
     environment = {"CHATGLM_CPU_KERNELS": "0"} if name.endswith(TORCH_ONLY) else {}
     return run_child(python, arguments + (["--load-only"] if args.load_only else []), args.threads, **environment)
 
 
 def best(results):
-    """Per figure, the best of the passes; the read bandwidth is the one measured before the fastest
+    """Per figure, the best of the passes; the read bandwidth is the one measured around the fastest
     decode @16, which the bandwidth use refers to."""
     merged = dict(min(results, key=lambda r: r.get("decode_16_ms", 0)))
     for result in results:
         for key, value in result.items():
             if key == "prefill_tok_s":
                 merged[key] = max(merged[key], value)
-            elif key.startswith(("decode_", "peak", "resident", "load_s")):
+            elif key.startswith(("decode_", "peak", "resident", "load_s")) and key != "decode_rounds":
                 merged[key] = min(merged[key], value)
     return merged
 
@@ -287,8 +313,9 @@ def print_table(args, results):
             print(f"| {name} | {r['load_s']:.0f} | {r['weights_read_bytes'] / gb:.2f} | {resident / gb:.2f} "
                   f"| {peak / gb:.2f} | {peak / resident:.2f} |")
         return
-    print(f"{args.threads} threads, best of {args.passes} pass(es); read bandwidth = the best of torch's sum and "
-          "the SIMD read over 2 GiB, measured right before the run whose decode @16 is shown")
+    print(f"{args.threads} threads, best of {args.passes} pass(es) of {args.rounds} decode round(s); read bandwidth = "
+          "the best of torch's sum and the SIMD read over 2 GiB, the mean of its figures right before and right "
+          "after the run whose decode @16 is shown")
     print("| configuration | weights read / token GB | prefill @512 tok/s | decode @16 ms/tok | decode @1024 ms/tok "
           "| @1024 / @16 | peak RSS GB | read bandwidth GB/s | bandwidth use @16 |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -314,6 +341,7 @@ def main():
     parser.add_argument("--work-dir", help="where chatglm.cpp's converted model files are kept (default: beside "
                         "the checkpoint folder)")
     parser.add_argument("--passes", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="decode rounds per run, alternating the contexts")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--load-only", action="store_true", help="only load: load time, resident and peak memory")
     parser.add_argument("--json", help="also write the results to this file")
@@ -324,8 +352,8 @@ def main():
     args = parser.parse_args()
 
     if args.child:
-        measured = measure_cpp(args.model, args.out, args.load_only) if args.child in CPP else \
-            measure_ours(args.child, args.model, args.threads, args.load_only)
+        measured = measure_cpp(args.model, args.out, args.load_only, args.rounds) if args.child in CPP else \
+            measure_ours(args.child, args.model, args.threads, args.load_only, args.rounds)
         print(json.dumps(measured))
         return
     if args.convert:
@@ -343,11 +371,13 @@ def main():
     for number in range(args.passes):
         for name in configs if number % 2 == 0 else reversed(configs):  # alternate the order
             try:
-                # the read bandwidth right before each run: on a shared host it moves from minute to minute
-                bandwidth = {} if args.load_only else run_child(
-                    sys.executable, ["--bandwidth", "--model", args.model, "--threads", str(args.threads)],
-                    args.threads)
-                runs[name].append({**measure(args, name), "read_bandwidth": max(bandwidth.values(), default=0)})
+                # the read bandwidth right before and after each run: on a shared host it moves from minute
+                # to minute; the run is compared with the mean of the two
+                before = read_bandwidth_now(args)
+                measured = measure(args, name)
+                after = read_bandwidth_now(args)
+                runs[name].append({**measured, "read_bandwidth": (before + after) / 2,
+                                   "read_bandwidth_before_after": [before, after]})
             except (RuntimeError, subprocess.TimeoutExpired) as exc:
                 print(f"{name}: failed ({exc})", file=sys.stderr, flush=True)
             print(f"pass {number + 1}: {name} done", file=sys.stderr, flush=True)

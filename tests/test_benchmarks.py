@@ -1,5 +1,6 @@
 """The benchmark scripts run and print their tables (their numbers are for people, not for assertions)."""
 
+import json
 import re
 import subprocess
 import sys
@@ -67,3 +68,26 @@ def test_step_overhead_splits_a_generate_step(script_env, quantize):
     assert rows["blocks: products (C kernels)"] > 0 and rows["LM head: product (C kernel)"] > 0
     parts = sum(ms for name, ms in rows.items() if not name.startswith("generate() step"))
     assert 0.9 * step < parts < 1.1 * step  # the parts cover the step
+
+
+def test_benchmark_prints_the_perf_table_for_a_checkpoint(script_env, tmp_path):
+    """The perf protocol end to end on a one-layer, 128-wide model in the real checkpoint layout: loading,
+    prefill @512 and decode @16 / @1024 in alternating rounds, the read bandwidth around the run."""
+    checkpoint = tmp_path / "tiny"
+    subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "random_checkpoint.py"), str(checkpoint),
+                    "--tokenizer", str(REPO_ROOT / "tests" / "goldens" / "tokenizer"), "--layers", "1", "--shards", "1",
+                    "--hidden-size", "128"], check=True, capture_output=True, env=script_env, cwd=REPO_ROOT,
+                   timeout=300)
+    result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "benchmark.py"), "--model", str(checkpoint),
+                             "--configs", "int4", "--rounds", "2", "--json", str(tmp_path / "out.json")],
+                            capture_output=True, text=True, env=script_env, cwd=REPO_ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "best of 1 pass(es) of 2 decode round(s)" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| int4 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert all(float(cell.rstrip("%")) > 0 for cell in cells[1:])
+    run = json.loads((tmp_path / "out.json").read_text())["runs"]["int4"][0]
+    assert [len(run["decode_rounds"][str(context)]) for context in (16, 1024)] == [2, 2]
+    assert run["decode_16_ms"] == min(run["decode_rounds"]["16"])
+    before, after = run["read_bandwidth_before_after"]
+    assert run["read_bandwidth"] == (before + after) / 2 > 0
