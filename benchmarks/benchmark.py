@@ -219,10 +219,11 @@ def convert_for_cpp(checkpoint, ggml_type, out_path):
 def read_bandwidth(threads):
     """GB/s reading a 2 GiB float32 tensor (best of 5), two ways: torch summing it (the perf protocol's
     measure) and the SIMD kernel of chatglm.cpu_kernels multiplying it, as a [2^17, 4096] matrix, with a
-    vector (torch's sum is compute-bound on some CPUs, so it can understate what the memory delivers)."""
+    vector (torch's sum is compute-bound on some CPUs, so it can understate what the memory delivers);
+    both again after moving the tensor into 2 MB pages, as the model's weights are (see huge_pages)."""
     import torch
 
-    from chatglm import cpu_kernels
+    from chatglm import cpu_kernels, huge_pages
 
     torch.set_num_threads(threads)
     data = torch.ones(2**29)
@@ -231,14 +232,17 @@ def read_bandwidth(threads):
     if cpu_kernels.takes_matmul(vector, matrix):
         reads["simd_read"] = lambda: cpu_kernels.matmul(vector, matrix)
     measured = {}
-    for name, read in reads.items():
-        read()
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
+    for pages in ("", "_2mb_pages"):  # the model's weights are in 2 MB pages where the system allows
+        if pages and not huge_pages.collapse([data]):
+            break
+        for name, read in reads.items():
             read()
-            times.append(time.perf_counter() - start)
-        measured[name] = data.numel() * 4 / min(times) / 1e9
+            times = []
+            for _ in range(5):
+                start = time.perf_counter()
+                read()
+                times.append(time.perf_counter() - start)
+            measured[name + pages] = data.numel() * 4 / min(times) / 1e9
     return measured
 
 
@@ -246,11 +250,10 @@ def read_bandwidth(threads):
 
 
 def read_bandwidth_now(args):
-    """GB/s: the better of read_bandwidth's two reads, in a process of its own (0 with --load-only)."""
+    """GB/s: the best of read_bandwidth's reads, in a process of its own (0 with --load-only)."""
     if args.load_only:
         return 0
-    bandwidth = run_child(sys.executable, ["--bandwidth", "--model", args.model, "--threads", str(args.threads)],
-                          args.threads)
+    bandwidth = run_child(sys.executable, ["--bandwidth", "--threads", str(args.threads)], args.threads)
     return max(bandwidth.values())
 
 
@@ -334,7 +337,7 @@ def print_table(args, results):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="checkpoint folder (ChatGLM-6B layout)")
+    parser.add_argument("--model", help="checkpoint folder (ChatGLM-6B layout)")
     parser.add_argument("--configs", nargs="+", default=None, choices=[*OURS, *CPP],
                         help="default: " + " ".join(DEFAULT_CONFIGS) + " (chatglm.cpp only with --cpp-python)")
     parser.add_argument("--cpp-python", help="a python where chatglm_cpp imports (e.g. CPP_VENV/bin/python)")
@@ -347,7 +350,8 @@ def main():
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # measure one configuration in this process
     parser.add_argument("--convert", help=argparse.SUPPRESS)  # write a chatglm.cpp model file
-    parser.add_argument("--bandwidth", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bandwidth", action="store_true",
+                        help="only measure the read bandwidth (GB/s; in 4 KB and in 2 MB pages) and exit")
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -363,6 +367,8 @@ def main():
     if args.bandwidth:
         print(json.dumps(read_bandwidth(args.threads)))
         return
+    if not args.model:
+        parser.error("--model is required")
 
     configs = args.configs or [c for c in DEFAULT_CONFIGS if c in OURS or args.cpp_python]
     if any(c in CPP for c in configs) and not args.cpp_python:

@@ -5,10 +5,12 @@ chatglm/cpu_kernels.py for decoding steps and short prompts, else torch's weight
 integer weight expanded to bfloat16 + F.linear), and beside it torch's weight-only kernel with bfloat16
 activations and the expanded weight + F.linear, timed alone. The crossing of the last two decides
 `DEQUANTIZED_MATMUL_MIN_TOKENS` in chatglm/quantization.py; `cpu_kernels.MOST_TOKENS` where the C kernel
-stops. Eight copies of the weight are used in turn, so that none stays in the L3 cache.
+stops. Eight copies of the weight are used in turn, so that none stays in the L3 cache. They are in 2 MB
+pages, as a loaded model's weights are (chatglm/huge_pages.py); --pages 4k keeps them in 4 KB pages.
 
     python benchmarks/quantized_kernels.py            # 16384x4096 (dense_h_to_4h)
     python benchmarks/quantized_kernels.py --shape 4096 16384 --tokens 1,16,128
+    python benchmarks/quantized_kernels.py --tokens 1 --pages 4k     # what 2 MB pages buy
 """
 
 import argparse
@@ -19,7 +21,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from chatglm import cpu_kernels, quantization
+from chatglm import cpu_kernels, huge_pages, quantization
 from chatglm.quantization import QuantizedLinear
 
 COPIES = 8
@@ -77,17 +79,22 @@ def main():
     parser.add_argument("--tokens", default="1,2,4,8,16,32,64,128,256,512")
     parser.add_argument("--repeats", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--pages", choices=("2m", "4k"), default="2m", help="page size of the weights")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out_features, in_features = args.shape
     weight = torch.randn(out_features, in_features) * 0.02
 
     print(f"one {out_features}x{in_features} layer, {args.threads} threads, best of {args.repeats}, ms; "
-          f"C kernels: {'built' if cpu_kernels.library() is not None else 'not available'}")
+          f"C kernels: {'built' if cpu_kernels.library() is not None else 'not available'}; weights in "
+          f"{'2 MB pages where the system allows' if args.pages == '2m' else '4 KB pages'}")
     print("| bits | tokens | layer(x) | path | torch kernel, bf16 | bf16 weight + F.linear |")
     print("|---|---|---|---|---|---|")
     for bits in (8, 4):
         layers = [QuantizedLinear.from_weight(weight + 1e-3 * i, bits) for i in range(COPIES)]
+        if args.pages == "2m":
+            for layer in layers:
+                huge_pages.collapse_weights(layer)
         kernel = torch_kernel(bits, layers)
         for tokens in (int(t) for t in args.tokens.split(",")):
             x = torch.randn(tokens, in_features, dtype=torch.bfloat16)

@@ -21,6 +21,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from .configuration_chatglm import ChatGLMConfig
 from .cpu_kernels import attend, matmul, rotate_qk, takes_attention, takes_matmul, takes_rotary
 from .generation import chat, process_response, stream_chat, stream_generate
+from .huge_pages import collapse_weights
 from .positions import glm_position_ids
 from .quantization import quantize_embeddings, quantize_model
 from .streaming_load import can_stream, load_streaming
@@ -516,6 +517,7 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if model.config.pre_seq_len is not None:
             model.transformer.freeze_all_but_prefix()  # loading re-creates the parameters as trainable
+        collapse_weights(model)  # CPU weights in 2 MB pages: decoding streams them (see huge_pages)
         return model
 
     def get_output_embeddings(self):
@@ -630,6 +632,8 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         quantize_model(self.transformer, bits, empty=empty_init)
         if quantize_embeddings:
             self._quantize_embeddings(bits, empty=empty_init)
+        if not empty_init:
+            collapse_weights(self)
         self.config.quantization_bit = bits
         self.config.quantization_embeddings = quantize_embeddings
         return self

@@ -1,0 +1,1 @@
+../chatglm/huge_pages.py
