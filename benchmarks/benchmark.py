@@ -292,14 +292,23 @@ def measure(args, name):
 
 def best(results):
     """Per figure, the best of the passes; the read bandwidth is the one measured around the fastest
-    decode @16, which the bandwidth use refers to."""
+    decode @16, which the bandwidth use refers to. The cost of context, @1024 / @16, is the median over
+    every round of the ratio within the round (its two contexts ran one after the other), not the ratio of
+    two best figures that may come from minutes apart."""
     merged = dict(min(results, key=lambda r: r.get("decode_16_ms", 0)))
     for result in results:
         for key, value in result.items():
             if key == "prefill_tok_s":
                 merged[key] = max(merged[key], value)
-            elif key.startswith(("decode_", "peak", "resident", "load_s")) and key != "decode_rounds":
+            elif key.startswith(("decode_1", "peak", "resident", "load_s")):
                 merged[key] = min(merged[key], value)
+    short, long = (str(context) for context in DECODE_CONTEXTS)  # the children's JSON keys
+    ratios = [b / a for r in results if "decode_rounds" in r
+              for a, b in zip(r["decode_rounds"][short], r["decode_rounds"][long])]
+    if ratios:
+        merged["context_cost"] = statistics.median(ratios)
+        merged["decode_16_median_of_rounds_ms"] = statistics.median(
+            ms for r in results if "decode_rounds" in r for ms in r["decode_rounds"][short])
     return merged
 
 
@@ -319,17 +328,17 @@ def print_table(args, results):
     print(f"{args.threads} threads, best of {args.passes} pass(es) of {args.rounds} decode round(s); read bandwidth = "
           "the best of torch's sum and the SIMD read over 2 GiB, the mean of its figures right before and right "
           "after the run whose decode @16 is shown")
-    print("| configuration | weights read / token GB | prefill @512 tok/s | decode @16 ms/tok | decode @1024 ms/tok "
-          "| @1024 / @16 | peak RSS GB | read bandwidth GB/s | bandwidth use @16 |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| configuration | weights read / token GB | prefill @512 tok/s | decode @16 ms/tok | decode @16, median "
+          "of rounds | decode @1024 ms/tok | @1024 / @16 | peak RSS GB | read bandwidth GB/s | bandwidth use @16 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         if "error" in r:
             print(f"| {name} | failed: {r['error']} |")
             continue
         use = r["weights_read_bytes"] / (r["decode_16_ms"] / 1e3) / (r["read_bandwidth"] * gb)
         print(f"| {name} | {r['weights_read_bytes'] / gb:.2f} | {r['prefill_tok_s']:.1f} | {r['decode_16_ms']:.1f} | "
-              f"{r['decode_1024_ms']:.1f} | {r['decode_1024_ms'] / r['decode_16_ms']:.2f} | {r['peak_rss'] / gb:.2f} "
-              f"| {r['read_bandwidth']:.1f} | {use:.0%} |")
+              f"{r['decode_16_median_of_rounds_ms']:.1f} | {r['decode_1024_ms']:.1f} | {r['context_cost']:.2f} | "
+              f"{r['peak_rss'] / gb:.2f} | {r['read_bandwidth']:.1f} | {use:.0%} |")
     print()
     for name in results:
         print(f"- {name}: {OURS.get(name) or CPP.get(name)}")

@@ -86,7 +86,9 @@ def test_benchmark_prints_the_perf_table_for_a_checkpoint(script_env, tmp_path):
     row = next(line for line in result.stdout.splitlines() if line.startswith("| int4 |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert all(float(cell.rstrip("%")) > 0 for cell in cells[1:])
-    run = json.loads((tmp_path / "out.json").read_text())["runs"]["int4"][0]
+    written = json.loads((tmp_path / "out.json").read_text())
+    assert written["results"]["int4"]["context_cost"] > 0  # @1024 / @16 within each round
+    run = written["runs"]["int4"][0]
     assert [len(run["decode_rounds"][str(context)]) for context in (16, 1024)] == [2, 2]
     assert run["decode_16_ms"] == min(run["decode_rounds"]["16"])
     before, after = run["read_bandwidth_before_after"]
