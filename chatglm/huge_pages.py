@@ -7,9 +7,10 @@ collapsed into 2 MB pages: INT4 37.1 -> 33.2 ms per step, int4-qe 25.2 -> 23.7 m
 
 `collapse` asks the kernel to move each large tensor's pages into huge pages in place (MADV_COLLAPSE,
 Linux 6.1 or later, with transparent huge pages set to "madvise" or "always"), so no second copy of a
-weight is ever held. It costs about 2 s per GB on this 2-core virtual machine (where the host backs each
-fresh 2 MB region page by page), once, at loading. Elsewhere, and with CHATGLM_HUGE_PAGES=0, it does
-nothing.
+weight is ever held. It costs time once, at loading: 6-13 s per GB on the 2-core virtual machine this was
+measured on, where the host backs each fresh 2 MB region 4 KB at a time (the 6B in INT4 loaded in 81 s
+instead of 30); where memory is not handed out lazily, about a copy of the weights. Elsewhere, and with
+CHATGLM_HUGE_PAGES=0, it does nothing.
 """
 
 import ctypes

@@ -386,9 +386,10 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
         return allowed[:, None]
 
     def rotary_tables(self, position_ids, dtype):
-        """(cos, sin, parts) for apply_rotary, cos/sin [batch, seq, 1, 1, head_dim] (broadcast over heads and
-        q/k). In 2-D mode (2 parts) the first half of each head follows the absolute positions and the
-        second half the block positions."""
+        """(cos, sin, parts) for rotate_queries_and_keys, cos/sin [batch, seq, 1, 1, head_dim] (broadcast over
+        heads and q/k; views of contiguous [batch, seq, head_dim], as the C kernel reads them). In 2-D mode
+        (2 parts) the first half of each head follows the absolute positions and the second half the block
+        positions."""
         head_dim = self.config.hidden_size // self.config.num_attention_heads
         # tables are kept in whole multiples of max_sequence_length, so that a long generation adds few
         longest = self.config.max_sequence_length
