@@ -1,14 +1,15 @@
 """CPU speed and memory of ChatGLM, side by side with chatglm.cpp, by the protocol of the perf README.
 
-Every configuration runs in its own process (so that its peak memory is its own), configurations
-alternate over the passes and each figure keeps its best pass, and the read bandwidth is measured right
-before and right after each run. Within a run the decode contexts alternate over --rounds rounds (16, 1024,
-16, 1024, ...), each keeping its best round, so that a drift of the host's bandwidth between the two does
-not show as a cost of context. Protocol: batch 1, greedy; prefill @512 = one forward over a 512-token prompt (random
-ids, then [gMASK] <sop>; tokens/s, median of 3); decode @N = generate(max_new_tokens=65) after an N-token
-prompt, the median of the 64 step intervals after the first (EOS masked); peak RSS = the process's peak
-resident set (load included); weights read per token = the bytes of every weight a decoding step reads
-(all of them but the embedding rows; the LM head reads the tied embedding matrix).
+Every configuration runs in its own process (so that its peak memory is its own), configurations alternate
+over the passes and each figure keeps its best pass, and the read bandwidth is measured right before and right
+after each run. Within a run the decode contexts alternate over --rounds rounds (16, 1024, 16, 1024, ...):
+each decode figure keeps its best round, and @1024 / @16 is the median of that ratio within each round, so
+that a drift of the host's bandwidth does not show as a cost of context. Protocol: batch 1, greedy; prefill
+@512 = one forward over a 512-token prompt (random ids, then [gMASK] <sop>; tokens/s, median of 3); decode @N
+= generate(max_new_tokens=65) after an N-token prompt, the median of the 64 step intervals after the first
+(EOS masked); peak RSS = the process's peak resident set (load included); weights read per token = the bytes
+of every weight a decoding step reads (all of them but the embedding rows; the LM head reads the tied
+embedding matrix).
 
     python benchmarks/benchmark.py --model CHECKPOINT                        # ours, all configurations
     python benchmarks/benchmark.py --model CHECKPOINT --cpp-python CPP_VENV/bin/python --passes 2
