@@ -617,7 +617,7 @@ void rotate_qk(void *x, const void *cos, const void *sin, int kind, int64_t toke
     for (int64_t th = 0; th < tokens * heads; th++) {
         const int64_t t = (th / heads) * D;
         for (int64_t row = th * 3 * D; row < th * 3 * D + 2 * D; row += D)  /* q, then k */
-            for (int64_t start = 0; start < D; start += 2 * half) {  /* x1, then x2, each half wide */
+            for (int64_t start = 0; start < D; start += 2 * half) {  /* each part: x1, then x2, half wide each */
                 int64_t a = start, b = start + half;
                 for (; a + VL <= start + half; a += VL, b += VL) {
                     vf first = v_sub(v_product(x, row + a, cos, t + a, kind), v_product(x, row + b, sin, t + a, kind));

@@ -15,6 +15,7 @@ CHATGLM_HUGE_PAGES=0, it does nothing.
 
 import ctypes
 import errno
+import functools
 import logging
 import os
 import sys
@@ -25,6 +26,7 @@ HUGE_PAGE = 2 << 20
 MADV_COLLAPSE = 25
 
 
+@functools.cache
 def _madvise():
     """libc's madvise, or None where this is not Linux."""
     if not sys.platform.startswith("linux"):
