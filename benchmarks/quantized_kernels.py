@@ -55,8 +55,10 @@ def path_taken(layer, tokens):
     x = torch.empty(tokens, layer.in_features)
     if cpu_kernels.takes_matmul(x, layer.weight, int4=layer.bits == 4):
         return "C kernel"
-    if layer.bits == 4 and cpu_kernels.library() is not None:
-        return "bf16 weight + F.linear"
+    if layer.in_cpu_kernel_layout and cpu_kernels.library() is not None:  # row tiles
+        if layer.bits == 4 or tokens >= quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[8]:
+            return "bf16 weight + F.linear"
+        return f"C kernel, {cpu_kernels.most_tokens(layer.weight.dtype)} tokens at a time"
     return "bf16 weight + F.linear" if tokens >= quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[layer.bits] else \
         "torch kernel"
 
@@ -64,10 +66,11 @@ def path_taken(layer, tokens):
 def torch_kernel(bits, layers):
     """torch's weight-only kernel on each layer's integers (INT4 re-packed into its layout), unscaled."""
     if bits == 8:
-        return lambda x, layer: torch._weight_int8pack_mm(x, layer.weight, quantization._unit_row_scales(
+        original = {id(layer): layer.original_weight() for layer in layers}
+        return lambda x, layer: torch._weight_int8pack_mm(x, original[id(layer)], quantization._unit_row_scales(
             layer.out_features))
     layout = quantization.int4_cpu_layout()
-    packed = {id(layer): quantization.to_int4_cpu_layout(layer.weight, layout) for layer in layers}
+    packed = {id(layer): quantization.to_int4_cpu_layout(layer.original_weight(), layout) for layer in layers}
     group = quantization.int4_kernel_group_size(layers[0].in_features)
     scales = quantization._unit_group_scales(layers[0].in_features, layers[0].out_features, group)
     return lambda x, layer: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed[id(layer)], group, scales)
@@ -92,8 +95,9 @@ def main():
     print("|---|---|---|---|---|---|")
     for bits in (8, 4):
         layers = [QuantizedLinear.from_weight(weight + 1e-3 * i, bits) for i in range(COPIES)]
-        if args.pages == "2m":
-            for layer in layers:
+        for layer in layers:
+            layer.to_cpu_kernel_layout()  # as loading and quantizing leave it
+            if args.pages == "2m":
                 huge_pages.collapse_weights(layer)
         kernel = torch_kernel(bits, layers)
         for tokens in (int(t) for t in args.tokens.split(",")):

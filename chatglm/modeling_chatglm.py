@@ -23,7 +23,7 @@ from .cpu_kernels import attend, matmul, rotate_qk, takes_attention, takes_matmu
 from .generation import chat, process_response, stream_chat, stream_generate
 from .huge_pages import collapse_weights
 from .positions import glm_position_ids
-from .quantization import quantize_embeddings, quantize_model
+from .quantization import quantize_embeddings, quantize_model, to_cpu_kernel_layout
 from .streaming_load import can_stream, load_streaming
 
 # The original builds every block with num_layers=28 whatever the config says, so the residual scale
@@ -518,6 +518,7 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
             model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
         if model.config.pre_seq_len is not None:
             model.transformer.freeze_all_but_prefix()  # loading re-creates the parameters as trainable
+        to_cpu_kernel_layout(model)
         collapse_weights(model)  # CPU weights in 2 MB pages: decoding streams them (see huge_pages)
         return model
 
@@ -634,6 +635,7 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         if quantize_embeddings:
             self._quantize_embeddings(bits, empty=empty_init)
         if not empty_init:
+            to_cpu_kernel_layout(self)
             collapse_weights(self)
         self.config.quantization_bit = bits
         self.config.quantization_embeddings = quantize_embeddings

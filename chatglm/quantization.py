@@ -4,15 +4,15 @@ Same scheme and checkpoint format as the original (and the `THUDM/chatglm-6b-int
 symmetric, one fp16 scale per output row, `weight` stored as int8 [out, in * bits / 8], INT4 packed
 two per byte with byte j = (w[2j] << 4) | (w[2j+1] & 0xF).
 
-On CPU, decoding steps (and prompts of up to 32 tokens for INT4) run the C kernels of cpu_kernels with
-float32 activations, whatever the model's dtype, the row scales applied inside; INT4 stays in the
-original layout, which they read at half a byte per weight. Longer INT4 prompts expand the weight into a
-reusable bfloat16 buffer and multiply it with `F.linear`. Without the C kernels every layer runs torch's
-weight-only kernels with bfloat16 activations (with float32 ones the same kernels are about 20x slower)
-and applies the fp16 row scales to their output; INT4 weights are then re-packed once into the layout of
-torch's CPU int4 kernel, and `state_dict()` writes them back in the original layout. INT8 prompts of 32
-tokens and more use the bfloat16 buffer and `F.linear`, which beats both kernels there. On other devices
-the weight is dequantized just in time.
+On CPU, decoding steps (and prompts of up to 32 tokens for INT4, 16 for INT8) run the C kernels of
+cpu_kernels with float32 activations, whatever the model's dtype, the row scales applied inside. They read
+the integer bytes (INT4 at half a byte per weight) re-arranged in row tiles (`cpu_kernels.to_row_tiles`),
+once, at loading or quantizing (or at first use). Longer prompts expand the weight into a reusable bfloat16
+buffer and multiply it with `F.linear` (INT8 prompts of 17 to 31 tokens: the kernels 16 tokens at a time).
+Without the C kernels every layer runs torch's weight-only kernels with bfloat16 activations (with float32
+ones the same kernels are about 20x slower) and applies the fp16 row scales to their output; INT4 weights
+are then re-packed once into the layout of torch's CPU int4 kernel instead. Either way `state_dict()`
+writes the original layout. On other devices the weight is dequantized just in time.
 """
 
 import functools
@@ -23,7 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_kernels import library, matmul, most_tokens, takes_matmul, unpack_int4_bfloat16
+from .cpu_kernels import (
+    expand_bfloat16,
+    from_row_tiles,
+    library,
+    matmul,
+    most_tokens,
+    row_tiles_rows,
+    takes_matmul,
+    takes_row_tiles,
+    to_row_tiles,
+)
 
 SUPPORTED_BITS = (4, 8)
 BLOCK_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
@@ -223,9 +233,9 @@ def _bfloat16_scratch(rows, columns):
 
 class QuantizedWeight(nn.Module):
     """Storage of a quantized matrix [rows, columns]: `weight` int8 [rows, columns * bits / 8] in the
-    checkpoint layout and fp16 `weight_scale` [rows]. An INT4 weight that was re-packed for the CPU
-    kernel is uint8 instead (the dtype tells which); state_dict() and load_state_dict() always use
-    the checkpoint layout."""
+    checkpoint layout and fp16 `weight_scale` [rows]. A CPU weight re-packed for this machine's kernels
+    (row tiles for the C kernels; without them, torch's int4 layout) is uint8 instead (the dtype tells
+    which); state_dict() and load_state_dict() always use the checkpoint layout."""
 
     def __init__(self, rows, columns, bits, device=None):
         super().__init__()
@@ -243,14 +253,38 @@ class QuantizedWeight(nn.Module):
 
     def original_weight(self):
         """`weight` in the checkpoint layout (int8 [rows, columns * bits / 8])."""
-        if self.in_cpu_kernel_layout:
-            return from_int4_cpu_layout(self.weight, int4_cpu_layout())
-        return self.weight
+        if not self.in_cpu_kernel_layout:
+            return self.weight
+        if library() is not None:
+            return from_row_tiles(self.weight)
+        return from_int4_cpu_layout(self.weight, int4_cpu_layout())
+
+    def to_cpu_kernel_layout(self):
+        """Re-pack a CPU weight, once, into the layout this machine's kernels read, keeping no second copy;
+        a weight they cannot take stays as it is (as does INT8 without the C kernels)."""
+        if self.in_cpu_kernel_layout or self.weight.device.type != "cpu" or self.weight.is_meta:
+            return
+        with _repack_lock:  # two threads' first forwards must not both re-pack
+            if not self.in_cpu_kernel_layout:
+                repacked = self._repacked_for_cpu()
+                if repacked is not None:
+                    # in place: quantized word embeddings hold the same Parameter as the LM head
+                    self.weight.data = repacked
+
+    def _repacked_for_cpu(self):
+        if library() is not None:
+            return to_row_tiles(self.weight) if takes_row_tiles(self.weight, self.bits == 4) else None
+        layout = int4_cpu_layout()
+        rows, columns = self.weight.shape[0], self.weight.shape[1] * 2
+        # rows past the last full block must fill a block of 16, 32 or 48 rows
+        if self.bits != 4 or layout is None or rows % 16 or int4_kernel_group_size(columns) is None:
+            return None
+        return to_int4_cpu_layout(self.weight, layout)
 
 
 class QuantizedLinear(QuantizedWeight):
-    """A Linear layer whose weight is stored as int8/int4 with per-row fp16 scales. On CPU without the C
-    kernels, an INT4 weight is re-packed in place, on first use, into torch's int4 kernel layout."""
+    """A Linear layer whose weight is stored as int8/int4 with per-row fp16 scales. On CPU the weight is
+    re-packed for the kernels (see `to_cpu_kernel_layout`), at the latest on first use."""
 
     def __init__(self, in_features, out_features, bits, bias=True, device=None, dtype=None):
         super().__init__(out_features, in_features, bits, device)
@@ -275,7 +309,8 @@ class QuantizedLinear(QuantizedWeight):
 
     def integer_values(self):
         """The weight as signed integers, int8 [out, in]."""
-        return unpack_int4(self.original_weight()) if self.bits == 4 else self.weight
+        weight = self.original_weight()
+        return unpack_int4(weight) if self.bits == 4 else weight
 
     def dequantize(self, dtype=torch.float32):
         """The float weight [out, in] that the original computes with."""
@@ -287,7 +322,8 @@ class QuantizedLinear(QuantizedWeight):
         # model needs the input gradient), and off the CPU, the dequantized weight is used instead.
         if x.device.type != "cpu" or (torch.is_grad_enabled() and x.requires_grad):
             return F.linear(x, self.dequantize(x.dtype), bias)
-        if takes_matmul(x, self.weight, int4=self.bits == 4):  # a decoding step (or a short INT4 prompt)
+        self.to_cpu_kernel_layout()
+        if takes_matmul(x, self.weight, int4=self.bits == 4):  # a decoding step (or a short prompt)
             return matmul(x, self.weight, self.weight_scale, int4=self.bits == 4, bias=bias, round_before_bias=True)
         tokens = x.reshape(-1, self.in_features).to(CPU_COMPUTE_DTYPE)  # [tokens, in]
         # one op: the product is computed in the wider of the two dtypes, then rounded to the model's
@@ -297,8 +333,8 @@ class QuantizedLinear(QuantizedWeight):
 
     def cpu_integer_matmul(self, tokens):
         """tokens [n, in] (bfloat16) times the integer weight, unscaled: [n, out] bfloat16."""
-        if self.bits == 4 and library() is not None:
-            return self._int4_matmul_original_layout(tokens)
+        if self.in_cpu_kernel_layout and library() is not None:
+            return self._row_tiles_matmul(tokens)
         if tokens.shape[0] >= DEQUANTIZED_MATMUL_MIN_TOKENS[self.bits] and self.fits_scratch:
             return F.linear(tokens, self._integer_values_bfloat16())
         tokens = _aligned(tokens)
@@ -306,46 +342,34 @@ class QuantizedLinear(QuantizedWeight):
             if not _is_aligned(self.weight):  # e.g. a memory-mapped checkpoint: one copy, in place
                 self.weight.data = _aligned(self.weight)
             return torch._weight_int8pack_mm(tokens, self.weight, _unit_row_scales(self.out_features))
-        kernel_weight = self._int4_kernel_weight()
-        if kernel_weight is None:  # a shape or CPU the int4 kernel does not take
+        if not self.in_cpu_kernel_layout:  # a shape or CPU the int4 kernel does not take
             return F.linear(tokens, self._integer_values_bfloat16())
         group_size = int4_kernel_group_size(self.in_features)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
-            tokens, kernel_weight, group_size, _unit_group_scales(self.in_features, self.out_features, group_size))
+            tokens, self.weight, group_size, _unit_group_scales(self.in_features, self.out_features, group_size))
 
-    def _int4_matmul_original_layout(self, tokens):
-        """More tokens than the C kernels take at once (a prompt), with the weight in the original layout
-        that they read: the weight expanded to bfloat16 and F.linear, or, for a weight too big for the
-        scratch buffer (a quantized LM head), the kernels a few tokens at a time."""
-        if self.fits_scratch or not takes_matmul(tokens[:1], self.weight, int4=True):
+    def _row_tiles_matmul(self, tokens):
+        """More tokens than the C kernels take at once (a prompt), with the weight in their row tiles: the
+        weight expanded to bfloat16 and F.linear, or the kernels a few tokens at a time, for INT8 prompts too
+        short to repay the expansion and for a weight too big for the scratch buffer (a quantized LM head)."""
+        int4 = self.bits == 4
+        if self.fits_scratch and (int4 or tokens.shape[0] >= DEQUANTIZED_MATMUL_MIN_TOKENS[8]):
             return F.linear(tokens, self._integer_values_bfloat16())
         ones = _unit_row_scales(self.out_features)  # read by the kernels in bfloat16, as the products come out
-        parts = tokens.split(most_tokens(self.weight.dtype, int4=True))
-        return torch.cat([matmul(part, self.weight, ones, int4=True) for part in parts])
+        parts = tokens.split(most_tokens(self.weight.dtype, int4=int4))
+        return torch.cat([matmul(part, self.weight, ones, int4=int4) for part in parts])
 
     @property
     def fits_scratch(self):
         return self.out_features * self.in_features <= SCRATCH_MAX_VALUES
-
-    def _int4_kernel_weight(self):
-        """The INT4 weight in the CPU kernel's layout, re-packed in place on first use (no second copy)."""
-        layout = int4_cpu_layout()
-        # rows past the last full block must fill a block of 16, 32 or 48 rows
-        if layout is None or self.out_features % 16 or int4_kernel_group_size(self.in_features) is None:
-            return None
-        with _repack_lock:  # two threads' first forwards must not both re-pack
-            if not self.in_cpu_kernel_layout:
-                # in place: quantized word embeddings hold the same Parameter
-                self.weight.data = to_int4_cpu_layout(self.weight, layout)
-        return self.weight
 
     def _integer_values_bfloat16(self):
         """The integer weight [out, in] as bfloat16 (exact), in this thread's scratch buffer if it fits."""
         if not self.fits_scratch:
             return self.integer_values().to(CPU_COMPUTE_DTYPE)
         values = _bfloat16_scratch(self.out_features, self.in_features)
-        if self.bits == 4 and not self.in_cpu_kernel_layout and library() is not None:
-            return unpack_int4_bfloat16(self.weight, values)
+        if self.in_cpu_kernel_layout and library() is not None:  # row tiles
+            return expand_bfloat16(self.weight, values, int4=self.bits == 4)
         layout = int4_cpu_layout()
         if not self.in_cpu_kernel_layout or self.out_features % layout.rows:
             return values.copy_(self.integer_values())
@@ -372,10 +396,11 @@ class QuantizedEmbedding(QuantizedWeight):
 
     def forward(self, input_ids):
         ids = input_ids.flatten()
-        if self.in_cpu_kernel_layout:  # the LM head re-packed the shared weight for the CPU kernel
+        if self.in_cpu_kernel_layout and library() is None:  # re-packed for torch's int4 kernel
             values = int4_cpu_layout_rows(self.weight, int4_cpu_layout(), ids)
         else:
-            rows = self.weight.index_select(0, ids)
+            tiled = self.in_cpu_kernel_layout  # in the C kernels' row tiles
+            rows = row_tiles_rows(self.weight, ids) if tiled else self.weight.index_select(0, ids)
             values = unpack_int4(rows) if self.bits == 4 else rows
         rows = values.float() * self.weight_scale.index_select(0, ids).float()[:, None]  # [tokens, hidden]
         return rows.view(*input_ids.shape, self.embedding_dim)
@@ -396,6 +421,14 @@ def _load_original_layout(module, state_dict, prefix, local_metadata, strict, mi
     """Checkpoints carry the original layout: a layer holding kernel bytes goes back to it before loading."""
     if module.in_cpu_kernel_layout and prefix + "weight" in state_dict:
         module.weight.data = module.original_weight()
+
+
+def to_cpu_kernel_layout(model):
+    """Re-pack every quantized CPU weight of `model` for this machine's kernels (after loading or
+    quantizing, so that the first token does not wait for it)."""
+    for module in model.modules():
+        if isinstance(module, QuantizedWeight):
+            module.to_cpu_kernel_layout()
 
 
 def quantize_model(transformer, bits, empty=False):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, cpu_kernels, modeling_chatglm
-from chatglm.quantization import QuantizedLinear, pack_int4, unpack_int4
+from chatglm.quantization import QuantizedLinear, pack_int4
 
 
 def test_the_kernels_build_where_a_compiler_is_installed():
@@ -59,11 +59,19 @@ def test_a_batch_of_tokens_matmul_equals_the_float64_product(dtype, tokens):
     assert_rounded_product(out, x.double() @ weight.double().T)
 
 
+def kernel_layer(weight, bits, bias=None):
+    """A quantized layer with its weight in the kernels' row tiles, as loading or quantizing leaves it."""
+    layer = QuantizedLinear.from_weight(weight, bits, bias)
+    layer.to_cpu_kernel_layout()
+    assert layer.weight.dtype == torch.uint8
+    return layer
+
+
 def test_how_many_tokens_the_kernels_take():
     assert cpu_kernels.most_tokens(torch.float32) == cpu_kernels.most_tokens(torch.float16) == 32
-    assert cpu_kernels.most_tokens(torch.int8) == 16
+    assert cpu_kernels.most_tokens(torch.uint8) == 16
     assert cpu_kernels.most_tokens(torch.bfloat16) == (8 if cpu_kernels.library().bf16_batches() else 1)
-    assert cpu_kernels.most_tokens(torch.int8, int4=True) == 32
+    assert cpu_kernels.most_tokens(torch.uint8, int4=True) == 32
 
 
 def relative_error(out, expected):
@@ -72,7 +80,7 @@ def relative_error(out, expected):
 
 @pytest.mark.parametrize("tokens", [1, 2, 3, 8, 16])
 def test_int8_matmul_applies_the_fp16_row_scales(tokens):
-    layer = QuantizedLinear.from_weight(torch.randn(514, 2048, generator=torch.Generator().manual_seed(1)), 8)
+    layer = kernel_layer(torch.randn(514, 2048, generator=torch.Generator().manual_seed(1)), 8)
     x = torch.randn(tokens, 2048, generator=torch.Generator().manual_seed(2))
     assert cpu_kernels.takes_matmul(x, layer.weight)
     out = cpu_kernels.matmul(x, layer.weight, layer.weight_scale)
@@ -82,7 +90,7 @@ def test_int8_matmul_applies_the_fp16_row_scales(tokens):
 
 
 def test_int8_matmul_keeps_an_outlier_and_propagates_nan():
-    layer = QuantizedLinear.from_weight(torch.randn(256, 4096, generator=torch.Generator().manual_seed(1)), 8)
+    layer = kernel_layer(torch.randn(256, 4096, generator=torch.Generator().manual_seed(1)), 8)
     x = torch.randn(4096, generator=torch.Generator().manual_seed(2))
     x[7] = 300.0  # an outlier feature sets the int16 step of its block of 128
     weight = layer.dequantize(torch.float64)
@@ -95,7 +103,7 @@ def test_int8_matmul_keeps_an_outlier_and_propagates_nan():
 
 @pytest.mark.parametrize("model_dtype", [None, torch.float32])
 def test_int8_layer_decodes_with_the_kernel(model_dtype):
-    layer = QuantizedLinear.from_weight(torch.randn(512, 2048, generator=torch.Generator().manual_seed(1)), 8,
+    layer = kernel_layer(torch.randn(512, 2048, generator=torch.Generator().manual_seed(1)), 8,
                                         bias=torch.randn(512))
     if model_dtype is not None:  # model.float() after quantizing also turns the fp16 row scales float32
         layer.to(model_dtype)
@@ -111,7 +119,7 @@ def test_int8_layer_decodes_with_the_kernel(model_dtype):
 def test_row_scales_are_read_in_the_dtype_they_are_stored_in(int4, scale_dtype):
     """fp16 as in the checkpoints, bfloat16 after model.bfloat16(): the same products as with the same
     values in float32, in the tiles and in the last rows outside them (514 = 128 tiles of 4 + 2)."""
-    layer = QuantizedLinear.from_weight(torch.randn(514, 2048, generator=torch.Generator().manual_seed(1)),
+    layer = kernel_layer(torch.randn(514, 2048, generator=torch.Generator().manual_seed(1)),
                                         4 if int4 else 8)
     scale = layer.weight_scale.to(scale_dtype)
     x = torch.randn(3, 2048, generator=torch.Generator().manual_seed(2))
@@ -136,7 +144,7 @@ def test_outputs_and_bias_are_rounded_as_torch_rounds_them(dtype, weight_kind, r
     if weight_kind == "float":
         weight, scale, int4 = weight.to(dtype), None, False
     else:
-        layer = QuantizedLinear.from_weight(weight, 4 if weight_kind == "int4" else 8)
+        layer = kernel_layer(weight, 4 if weight_kind == "int4" else 8)
         weight, scale, int4 = layer.weight, layer.weight_scale, weight_kind == "int4"
     product = cpu_kernels.matmul(x.float(), weight, scale, int4=int4)  # float32
     if round_before_bias:
@@ -148,7 +156,7 @@ def test_outputs_and_bias_are_rounded_as_torch_rounds_them(dtype, weight_kind, r
 
 
 def int4_layer(rows, columns, seed=1):
-    return QuantizedLinear.from_weight(torch.randn(rows, columns, generator=torch.Generator().manual_seed(seed)), 4)
+    return kernel_layer(torch.randn(rows, columns, generator=torch.Generator().manual_seed(seed)), 4)
 
 
 def int4_error(out, x, layer):
@@ -160,7 +168,7 @@ def int4_error(out, x, layer):
 
 @pytest.mark.parametrize("tokens", [1, 2, 3, 5, 8, 32])  # whole tiles of two tokens and a remainder
 @pytest.mark.parametrize("rows, columns", [(514, 2048), (131, 384)])  # last rows outside the tiles; a short span
-def test_int4_matmul_reads_the_original_layout_and_applies_the_row_scales(tokens, rows, columns):
+def test_int4_matmul_reads_row_tiles_and_applies_the_row_scales(tokens, rows, columns):
     layer = int4_layer(rows, columns)
     x = torch.randn(tokens, columns, generator=torch.Generator().manual_seed(2))
     assert cpu_kernels.takes_matmul(x, layer.weight, int4=True)
@@ -181,18 +189,40 @@ def test_int4_matmul_keeps_an_outlier_to_its_group_and_propagates_nan():
     assert cpu_kernels.matmul(x, layer.weight, layer.weight_scale, int4=True).isnan().all()
 
 
-def test_int4_bytes_unpack_to_their_exact_bfloat16_values():
-    values = torch.randint(-8, 8, (96, 256), generator=torch.Generator().manual_seed(3), dtype=torch.int8)
-    out = cpu_kernels.unpack_int4_bfloat16(pack_int4(values), torch.empty(96, 256, dtype=torch.bfloat16))
+@pytest.mark.parametrize("rows", [96, 99])  # 99: three rows after the last tile
+@pytest.mark.parametrize("int4", [False, True])
+def test_integer_tiles_expand_to_their_exact_bfloat16_values(rows, int4):
+    low, high = (-8, 8) if int4 else (-128, 128)
+    values = torch.randint(low, high, (rows, 256), generator=torch.Generator().manual_seed(3), dtype=torch.int8)
+    tiles = cpu_kernels.to_row_tiles(pack_int4(values) if int4 else values)
+    out = cpu_kernels.expand_bfloat16(tiles, torch.empty(rows, 256, dtype=torch.bfloat16), int4=int4)
     assert torch.equal(out, values.to(torch.bfloat16))
-    assert torch.equal(unpack_int4(pack_int4(values)), values)
+
+
+@pytest.mark.parametrize("rows", [8, 11])
+def test_row_tiles_interleave_four_rows_64_bytes_at_a_time_and_round_trip(rows):
+    weight = torch.randint(-128, 128, (rows, 192), generator=torch.Generator().manual_seed(4), dtype=torch.int8)
+    tiles = cpu_kernels.to_row_tiles(weight)
+    assert tiles.dtype == torch.uint8 and tiles.shape == weight.shape
+    flat = tiles.view(torch.int8).flatten()
+    # the first tile: bytes 0..63 of rows 0, 1, 2, 3, then bytes 64..127 of rows 0..3, ...
+    assert torch.equal(flat[:256], weight[:4, :64].flatten())
+    assert torch.equal(flat[256:320], weight[0, 64:128])
+    assert torch.equal(flat[4 * 192 : 4 * 192 + 64], weight[4, :64])  # the second tile
+    if rows % 4:
+        assert torch.equal(tiles[8:].view(torch.int8), weight[8:])  # the last rows as they are
+    assert torch.equal(cpu_kernels.from_row_tiles(tiles), weight)
+    into = cpu_kernels.from_row_tiles(tiles, torch.empty(rows, 192, dtype=torch.bfloat16))
+    assert torch.equal(into, weight.to(torch.bfloat16))
+    ids = torch.tensor([rows - 1, 0, 5, 3, rows - 1])
+    assert torch.equal(cpu_kernels.row_tiles_rows(tiles, ids), weight[ids])
 
 
 def test_products_the_kernels_do_not_take():
     weight = torch.randn(256, 4096)
     assert cpu_kernels.takes_matmul(torch.randn(32, 4096), weight)
     assert not cpu_kernels.takes_matmul(torch.randn(33, 4096), weight)  # more tokens than the kernels take
-    int8 = QuantizedLinear.from_weight(weight, 8).weight
+    int8 = kernel_layer(weight, 8).weight
     assert cpu_kernels.takes_matmul(torch.randn(4096), int8)
     assert cpu_kernels.takes_matmul(torch.randn(16, 4096), int8)
     assert not cpu_kernels.takes_matmul(torch.randn(17, 4096), int8)
@@ -204,12 +234,12 @@ def test_products_the_kernels_do_not_take():
     assert not cpu_kernels.takes_matmul(torch.randn(4096, requires_grad=True), weight)  # autograd records
     with torch.no_grad():
         assert cpu_kernels.takes_matmul(torch.randn(4096, requires_grad=True), weight)
-    packed = QuantizedLinear.from_weight(small, 4).weight  # int8 [64, 256]: two values a byte
+    packed = kernel_layer(small, 4).weight  # int8 [64, 256]: two values a byte
     assert cpu_kernels.takes_matmul(torch.randn(512), packed, int4=True)  # INT4 at every size
     assert cpu_kernels.takes_matmul(torch.randn(32, 512), packed, int4=True)
     assert not cpu_kernels.takes_matmul(torch.randn(33, 512), packed, int4=True)
     assert not cpu_kernels.takes_matmul(torch.randn(256), packed, int4=True)  # K is twice the bytes
-    assert not cpu_kernels.takes_matmul(torch.randn(512), packed.view(torch.uint8), int4=True)  # torch's layout
+    assert not cpu_kernels.takes_matmul(torch.randn(512), packed.view(torch.int8), int4=True)  # not row tiles
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
@@ -349,7 +379,8 @@ def test_the_builds_for_other_cpus_compute_the_same(march, tmp_path):
     tests = [f"{__file__}::{name}" for name in ("test_one_token_matmul_equals_the_float64_product",
                                                 "test_a_batch_of_tokens_matmul_equals_the_float64_product",
                                                 "test_int8_matmul_applies_the_fp16_row_scales",
-                                                "test_int4_matmul_reads_the_original_layout_and_applies_the_row_scales",
+                                                "test_int4_matmul_reads_row_tiles_and_applies_the_row_scales",
+                                                "test_integer_tiles_expand_to_their_exact_bfloat16_values",
                                                 "test_outputs_and_bias_are_rounded_as_torch_rounds_them",
                                                 "test_one_query_attention_over_a_cache_buffer_view",
                                                 "test_rotary_kernel_gives_torchs_numbers_exactly")]

@@ -150,7 +150,7 @@ def test_int4_decoding_and_short_prompts_run_the_c_kernel_in_any_dtype(dtype, ou
     torch's; beyond, one bfloat16 product with the expanded weight. torch's int4 kernel never runs."""
     assert cpu_kernels.library() is not None, "the C kernels did not build: is a C compiler installed?"
     layer = layer_with_bias(4, out_features, in_features).to(dtype)
-    most = cpu_kernels.most_tokens(torch.int8, int4=True)
+    most = cpu_kernels.most_tokens(torch.uint8, int4=True)
     for tokens in (1, 2, most):
         counting = CountingMatmul()
         monkeypatch.setattr(quantization, "matmul", counting)
@@ -163,7 +163,7 @@ def test_int4_decoding_and_short_prompts_run_the_c_kernel_in_any_dtype(dtype, ou
     matmuls = [dtypes for op, dtypes in calls if op.startswith(TORCH_PRODUCTS)]
     assert not counting.kinds and len(matmuls) == 1 and set(matmuls[0]) == {torch.bfloat16}, calls
     assert not [op for op, _ in calls if op in WEIGHT_KERNELS.values()]
-    assert not layer.in_cpu_kernel_layout  # kept in the original layout, which the C kernel reads
+    assert layer.in_cpu_kernel_layout  # in the C kernels' row tiles
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -230,8 +230,8 @@ def test_cpu_layer_keeps_one_copy_of_its_weight(bits, kernels):
         with torch.no_grad():
             layer(torch.randn(tokens, in_features))
         assert tensor_bytes(layer) == out_features * in_features * bits // 8 + scales_and_bias
-    # torch's int4 kernel needs its own layout; the C kernel reads the original one
-    assert layer.in_cpu_kernel_layout == (bits == 4 and kernels == "torch-only")
+    # the C kernels read row tiles, torch's int4 kernel its own layout, its int8 kernel the original one
+    assert layer.in_cpu_kernel_layout == (kernels == "c-kernels" or bits == 4)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -276,7 +276,7 @@ def test_quantize_accepts_empty_init_and_rejects_unknown_arguments(tiny_checkpoi
     assert isinstance(empty.transformer.layers[0].attention.dense, QuantizedLinear)
     assert empty.config.quantization_bit == 8
     expected, _ = quantize_weight(layer.weight, 8)
-    assert torch.equal(built.transformer.layers[0].attention.dense.weight, expected)
+    assert torch.equal(built.transformer.layers[0].attention.dense.original_weight(), expected)
 
 
 @pytest.mark.parametrize("rows", [192, 144])  # 144: a last block of 16 rows, packed in pairs
@@ -291,17 +291,18 @@ def test_int4_kernel_layout_handles_a_partial_last_block(rows):
     assert torch.equal(int4_cpu_layout_rows(kernel_bytes, layout, ids), values[ids])
 
 
-def qe_config(vocab_size=1040):
+def qe_config(vocab_size=1040, hidden_size=64):
     """A small model whose vocabulary (65 blocks of 16 rows) takes the int4 kernel with a partial block."""
-    return ChatGLMConfig(vocab_size=vocab_size, hidden_size=64, inner_hidden_size=256, num_layers=2,
+    return ChatGLMConfig(vocab_size=vocab_size, hidden_size=hidden_size, inner_hidden_size=256, num_layers=2,
                          num_attention_heads=4, max_sequence_length=64, bos_token_id=1003, eos_token_id=1004,
                          mask_token_id=1000, gmask_token_id=1001, pad_token_id=3)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
-def test_quantized_embeddings_share_one_matrix_with_the_lm_head(bits, tmp_path, kernels):
+@pytest.mark.parametrize("vocab_size, hidden_size", [(1040, 64), (1042, 128)])  # the C kernels take K = 128
+def test_quantized_embeddings_share_one_matrix_with_the_lm_head(bits, vocab_size, hidden_size, tmp_path, kernels):
     torch.manual_seed(0)
-    model = ChatGLMForConditionalGeneration(qe_config()).eval()
+    model = ChatGLMForConditionalGeneration(qe_config(vocab_size, hidden_size)).eval()
     embedding_weight = model.transformer.word_embeddings.weight.detach().clone()
     assert not model.config.quantization_embeddings  # off unless asked for
     model.quantize(bits, quantize_embeddings=True)
@@ -309,13 +310,15 @@ def test_quantized_embeddings_share_one_matrix_with_the_lm_head(bits, tmp_path, 
     assert isinstance(embeddings, QuantizedEmbedding) and isinstance(head, QuantizedLinear)
     assert head.weight is embeddings.weight and head.weight_scale is embeddings.weight_scale
     packed, scale = quantize_weight(embedding_weight, bits)
-    assert torch.equal(embeddings.weight, packed) and torch.equal(embeddings.weight_scale, scale)
+    assert torch.equal(embeddings.original_weight(), packed) and torch.equal(embeddings.weight_scale, scale)
+    # quantize() re-packed the shared weight for this machine's kernels, where they take its shape: the C
+    # kernels' row tiles (two rows after the last tile of 1042); torch's int4 layout (blocks of 16 rows)
+    c_kernels_take, torch_takes = hidden_size % 128 == 0, bits == 4 and vocab_size % 16 == 0
+    assert embeddings.in_cpu_kernel_layout == (c_kernels_take if kernels == "c-kernels" else torch_takes)
 
-    ids = torch.tensor([[5, 1039, 1030, 64, 1001, 1003]])
+    ids = torch.tensor([[5, vocab_size - 1, 1030, 64, 1001, 1003]])
     with torch.no_grad():
         logits = model(ids).logits
-    # without the C kernels, the head re-packed the shared weight for torch's int4 kernel
-    assert embeddings.in_cpu_kernel_layout == (bits == 4 and kernels == "torch-only")
     dequantized = head.dequantize()
     with torch.no_grad():
         rows = embeddings(ids)
@@ -329,7 +332,7 @@ def test_quantized_embeddings_share_one_matrix_with_the_lm_head(bits, tmp_path, 
     assert again.config.quantization_embeddings and again.config.quantization_bit == bits
     assert again.lm_head.weight is again.transformer.word_embeddings.weight
     assert again.lm_head.weight_scale is again.transformer.word_embeddings.weight_scale
-    assert torch.equal(again.transformer.word_embeddings.weight, packed)
+    assert torch.equal(again.transformer.word_embeddings.original_weight(), packed)
     with torch.no_grad():
         assert torch.equal(again(ids).logits, logits)
 
