@@ -878,6 +878,7 @@ def expand_bfloat16(tiles, out, int4=False):
 # --- row tiles: the layout the integer kernels read (TILED in the C source) ---
 
 TILE_ROWS, TILE_BYTES = 4, 64
+TILING_STEP_BYTES = 1 << 20
 
 
 def takes_row_tiles(weight, int4=False):
@@ -892,15 +893,18 @@ def _full_tiles(rows):
 
 
 def to_row_tiles(weight):
-    """A new uint8 [N, W] holding the bytes of an integer weight [N, W] (INT8 values or packed INT4) in row
-    tiles: each four rows stored as their first 64 bytes of rows 0..3, then their next 64 bytes, and so on,
-    so that the kernels read one sequential stream; the last N % 4 rows follow as they are."""
+    """The bytes of an integer weight [N, W] (INT8 values or packed INT4, contiguous) re-arranged in place
+    into row tiles, returned as a uint8 view: each four rows stored as their first 64 bytes of rows 0..3,
+    then their next 64 bytes, and so on, so that the kernels read one sequential stream; the last N % 4
+    rows stay as they are. In place, a few tiles at a time, so that no second copy of a large model's
+    weights is ever held (nor left behind in the heap)."""
     rows, width = weight.shape
-    full = _full_tiles(rows)
-    source, tiles = weight.view(torch.uint8), torch.empty(rows, width, dtype=torch.uint8, device=weight.device)
-    tiles[:full].view(-1, width // TILE_BYTES, TILE_ROWS, TILE_BYTES).copy_(
-        source[:full].view(-1, TILE_ROWS, width // TILE_BYTES, TILE_BYTES).transpose(1, 2))
-    tiles[full:] = source[full:]
+    tiles = weight.view(torch.uint8)
+    per_step = max(1, TILING_STEP_BYTES // (TILE_ROWS * width))
+    for first in range(0, _full_tiles(rows), per_step * TILE_ROWS):
+        block = tiles[first : min(first + per_step * TILE_ROWS, _full_tiles(rows))]
+        rearranged = block.view(-1, TILE_ROWS, width // TILE_BYTES, TILE_BYTES).transpose(1, 2).contiguous()
+        block.view(-1).copy_(rearranged.view(-1))
     return tiles
 
 

@@ -194,23 +194,25 @@ def test_int4_matmul_keeps_an_outlier_to_its_group_and_propagates_nan():
 def test_integer_tiles_expand_to_their_exact_bfloat16_values(rows, int4):
     low, high = (-8, 8) if int4 else (-128, 128)
     values = torch.randint(low, high, (rows, 256), generator=torch.Generator().manual_seed(3), dtype=torch.int8)
-    tiles = cpu_kernels.to_row_tiles(pack_int4(values) if int4 else values)
+    tiles = cpu_kernels.to_row_tiles(pack_int4(values) if int4 else values.clone())
     out = cpu_kernels.expand_bfloat16(tiles, torch.empty(rows, 256, dtype=torch.bfloat16), int4=int4)
     assert torch.equal(out, values.to(torch.bfloat16))
 
 
-@pytest.mark.parametrize("rows", [8, 11])
+@pytest.mark.parametrize("rows", [8, 11, 3001])  # 3001: tiles re-arranged over several steps
 def test_row_tiles_interleave_four_rows_64_bytes_at_a_time_and_round_trip(rows):
     weight = torch.randint(-128, 128, (rows, 192), generator=torch.Generator().manual_seed(4), dtype=torch.int8)
-    tiles = cpu_kernels.to_row_tiles(weight)
+    rearranged = weight.clone()
+    tiles = cpu_kernels.to_row_tiles(rearranged)
     assert tiles.dtype == torch.uint8 and tiles.shape == weight.shape
+    assert tiles.data_ptr() == rearranged.data_ptr()  # in place: no second copy of the weight
     flat = tiles.view(torch.int8).flatten()
     # the first tile: bytes 0..63 of rows 0, 1, 2, 3, then bytes 64..127 of rows 0..3, ...
     assert torch.equal(flat[:256], weight[:4, :64].flatten())
     assert torch.equal(flat[256:320], weight[0, 64:128])
     assert torch.equal(flat[4 * 192 : 4 * 192 + 64], weight[4, :64])  # the second tile
-    if rows % 4:
-        assert torch.equal(tiles[8:].view(torch.int8), weight[8:])  # the last rows as they are
+    last = rows - rows % 4
+    assert torch.equal(tiles[last:].view(torch.int8), weight[last:])  # the last rows as they are
     assert torch.equal(cpu_kernels.from_row_tiles(tiles), weight)
     into = cpu_kernels.from_row_tiles(tiles, torch.empty(rows, 192, dtype=torch.bfloat16))
     assert torch.equal(into, weight.to(torch.bfloat16))
