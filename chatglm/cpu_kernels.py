@@ -908,14 +908,12 @@ def to_row_tiles(weight):
     return tiles
 
 
-def from_row_tiles(tiles, out=None):
-    """The rows [N, W] of a weight in row tiles (inverse of `to_row_tiles`), as int8 or written into ``out``
-    (of any dtype: bfloat16 gets the INT8 values exactly)."""
+def from_row_tiles(tiles):
+    """A new int8 [N, W] holding the rows of a weight in row tiles (inverse of `to_row_tiles`)."""
     rows, width = tiles.shape
     full = _full_tiles(rows)
     signed = tiles.view(torch.int8)
-    if out is None:
-        out = torch.empty(rows, width, dtype=torch.int8, device=tiles.device)
+    out = torch.empty(rows, width, dtype=torch.int8, device=tiles.device)
     out[:full].view(-1, TILE_ROWS, width // TILE_BYTES, TILE_BYTES).copy_(
         signed[:full].view(-1, width // TILE_BYTES, TILE_ROWS, TILE_BYTES).transpose(1, 2))
     out[full:] = signed[full:]
