@@ -7,11 +7,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import httpx
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
 
 
 def free_port() -> int:

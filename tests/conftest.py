@@ -17,6 +17,25 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 GOLDENS_DIR = Path(__file__).resolve().parent / "goldens"
 
 
+# The special ids of the goldens' tokenizer (tests/goldens/tokenizer), which most small test models share.
+GOLDENS_VOCAB_SIZE = 10310
+MASK, GMASK, SOP, EOP, PAD = 9966, 9967, 9970, 9971, 3
+
+
+def tiny_config(**overrides):
+    """The one small ChatGLM configuration the tests build on: 2 layers, hidden 64, 4 heads, the goldens'
+    tokenizer's vocabulary and special ids. Tests that need another shape pass only what differs."""
+    import chatglm
+
+    values = dict(vocab_size=GOLDENS_VOCAB_SIZE, hidden_size=64, inner_hidden_size=256, num_layers=2,
+                  num_attention_heads=4, max_sequence_length=512, bos_token_id=SOP, eos_token_id=EOP,
+                  mask_token_id=MASK, gmask_token_id=GMASK, pad_token_id=PAD)
+    values.update(overrides)
+    if "hidden_size" in overrides and "inner_hidden_size" not in overrides:
+        values["inner_hidden_size"] = 4 * values["hidden_size"]
+    return chatglm.ChatGLMConfig(**values)
+
+
 def build_tiny_checkpoint(folder, *, num_layers=2, hidden_size=64, num_attention_heads=4, seed=0):
     """Write a random small ChatGLM checkpoint (model + tokenizer) into ``folder`` and return its path."""
     import torch
@@ -24,20 +43,7 @@ def build_tiny_checkpoint(folder, *, num_layers=2, hidden_size=64, num_attention
     import chatglm
 
     tokenizer = chatglm.ChatGLMTokenizer.from_pretrained(str(GOLDENS_DIR / "tokenizer"))
-    ids = tokenizer.convert_tokens_to_ids
-    config = chatglm.ChatGLMConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=hidden_size,
-        inner_hidden_size=4 * hidden_size,
-        num_layers=num_layers,
-        num_attention_heads=num_attention_heads,
-        max_sequence_length=512,
-        bos_token_id=ids("<sop>"),
-        eos_token_id=ids("<eop>"),
-        mask_token_id=ids("[MASK]"),
-        gmask_token_id=ids("[gMASK]"),
-        pad_token_id=ids("<pad>"),
-    )
+    config = tiny_config(num_layers=num_layers, hidden_size=hidden_size, num_attention_heads=num_attention_heads)
     torch.manual_seed(seed)
     model = chatglm.ChatGLMForConditionalGeneration(config).eval()
     model.save_pretrained(str(folder))

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import GOLDENS_DIR, greedy_answer
+from conftest import GOLDENS_DIR, greedy_answer, tiny_config
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoTokenizer
 
@@ -17,15 +17,6 @@ import chatglm
 from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration
 from chatglm.export import export_checkpoint
 from chatglm.quantization import QuantizedLinear, quantize_weight, unpack_int4
-
-
-def small_config(tokenizer, **overrides):
-    ids = tokenizer.convert_tokens_to_ids
-    values = dict(vocab_size=tokenizer.vocab_size, hidden_size=64, inner_hidden_size=256, num_layers=2,
-                  num_attention_heads=4, max_sequence_length=256, bos_token_id=ids("<sop>"), eos_token_id=ids("<eop>"),
-                  mask_token_id=ids("[MASK]"), gmask_token_id=ids("[gMASK]"), pad_token_id=ids("<pad>"))
-    values.update(overrides)
-    return ChatGLMConfig(**values)
 
 
 @pytest.fixture(scope="module")
@@ -205,7 +196,7 @@ def test_clear_errors_for_wrong_folders(tmp_path, tiny_checkpoint):
 
 def test_ptuning_prefix_trains_alone_with_gradient_checkpointing(model, tokenizer):
     for projection in (False, True):
-        config = small_config(tokenizer, pre_seq_len=4, prefix_projection=projection)
+        config = tiny_config(max_sequence_length=256, pre_seq_len=4, prefix_projection=projection)
         tuned = ChatGLMForConditionalGeneration(config)
         tuned.load_state_dict(model.state_dict(), strict=False)
         trainable = {n for n, p in tuned.named_parameters() if p.requires_grad}

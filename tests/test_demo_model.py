@@ -7,11 +7,10 @@ import os
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
+from conftest import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 DEMO = REPO_ROOT / "chatglm-demo"
 
 REQUIRED = ["config.json", "generation_config.json", "tokenizer_config.json", "ice_text.model", "model.safetensors",

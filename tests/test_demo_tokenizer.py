@@ -2,14 +2,13 @@
 (special pieces, whitespace pieces, byte fallback), checked with sentencepiece directly and through
 ChatGLMTokenizer."""
 
-from pathlib import Path
 
 import pytest
 import sentencepiece as spm
+from conftest import REPO_ROOT
 
 import chatglm
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL_FILE = REPO_ROOT / "chatglm-demo" / "ice_text.model"
 
 CONTROL = ["[MASK]", "[gMASK]", "[sMASK]", "<unused_0>", "<sop>", "<eop>", "<ENC>", "<dBLOCK>"]

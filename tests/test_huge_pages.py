@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 
-from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, huge_pages
+from chatglm import ChatGLMForConditionalGeneration, huge_pages
 
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 pytestmark = pytest.mark.skipif(not THP_SETTING.exists() or "[never]" in THP_SETTING.read_text(),
@@ -42,8 +43,9 @@ def test_small_tensors_stay_and_the_switch_turns_it_off(monkeypatch):
 
 
 def wide_checkpoint(tmp_path):
-    config = ChatGLMConfig(vocab_size=4096, hidden_size=1024, inner_hidden_size=4096, num_layers=1,
-                           num_attention_heads=8, max_sequence_length=64)
+    config = tiny_config(vocab_size=4096, hidden_size=1024, num_layers=1, num_attention_heads=8,
+                         max_sequence_length=64, bos_token_id=4003, eos_token_id=4004, mask_token_id=4000,
+                         gmask_token_id=4001)
     torch.manual_seed(0)
     ChatGLMForConditionalGeneration(config).save_pretrained(tmp_path)
     return tmp_path

@@ -6,11 +6,9 @@ private generate() hooks we still rely on.
 
 import pytest
 import torch
-from conftest import GOLDENS_DIR
+from conftest import GMASK, GOLDENS_DIR, MASK, PAD, SOP, tiny_config
 
 import chatglm
-
-MASK, GMASK, SOP, EOP, PAD = 9966, 9967, 9970, 9971, 3
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +17,7 @@ def tokenizer():
 
 
 def random_model(tokenizer, **overrides):
-    config = chatglm.ChatGLMConfig(
-        vocab_size=tokenizer.vocab_size, hidden_size=64, inner_hidden_size=256, num_layers=2, num_attention_heads=4,
-        max_sequence_length=256, bos_token_id=SOP, eos_token_id=EOP, mask_token_id=MASK, gmask_token_id=GMASK,
-        pad_token_id=PAD, **overrides)
+    config = tiny_config(vocab_size=tokenizer.vocab_size, max_sequence_length=256, **overrides)
     torch.manual_seed(0)
     model = chatglm.ChatGLMForConditionalGeneration(config).eval()
     with torch.no_grad():  # weights large enough for positions to move the logits clearly

@@ -2,15 +2,13 @@
 
 import json
 import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import GOLDENS_DIR
+from conftest import GOLDENS_DIR, REPO_ROOT
 
 from ptuning import data_utils, metrics
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PTUNING = REPO_ROOT / "ptuning"
 
 # ids of the goldens' tokenizer (tests/goldens/README.md)

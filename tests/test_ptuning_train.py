@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 from _doors import free_port
+from conftest import REPO_ROOT
 
 from ptuning.prefix import PrefixCheckpointError
 
 pytestmark = pytest.mark.slow  # training runs, torchrun and the shell scripts
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PTUNING = REPO_ROOT / "ptuning"
 ADGEN = PTUNING / "data" / "AdvertiseGen_sample"
 CHAT = PTUNING / "data" / "chat_sample"

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import REPO_ROOT
 
 pytestmark = pytest.mark.slow  # a training run and the web demo as a server process
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PTUNING = REPO_ROOT / "ptuning"
 ADGEN = PTUNING / "data" / "AdvertiseGen_sample"
 

@@ -9,10 +9,11 @@ import sys
 
 import pytest
 import torch
+from conftest import tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModel
 
-from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, cpu_kernels, quantization
+from chatglm import ChatGLMForConditionalGeneration, cpu_kernels, quantization
 from chatglm.quantization import (
     CANDIDATE_INT4_LAYOUTS,
     DEQUANTIZED_MATMUL_MIN_TOKENS,
@@ -293,9 +294,8 @@ def test_int4_kernel_layout_handles_a_partial_last_block(rows):
 
 def qe_config(vocab_size=1040, hidden_size=64):
     """A small model whose vocabulary (65 blocks of 16 rows) takes the int4 kernel with a partial block."""
-    return ChatGLMConfig(vocab_size=vocab_size, hidden_size=hidden_size, inner_hidden_size=256, num_layers=2,
-                         num_attention_heads=4, max_sequence_length=64, bos_token_id=1003, eos_token_id=1004,
-                         mask_token_id=1000, gmask_token_id=1001, pad_token_id=3)
+    return tiny_config(vocab_size=vocab_size, hidden_size=hidden_size, inner_hidden_size=256, max_sequence_length=64,
+                       bos_token_id=1003, eos_token_id=1004, mask_token_id=1000, gmask_token_id=1001)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
