@@ -3,8 +3,8 @@
 (median of the 64 steps after the first, EOS suppressed) after a 16-token prompt, and peak RSS.
 Each recipe runs in its own process, so its peak RSS is its own.
 
-    python benchmarks/quantized_recipes.py SCRATCH/mid
-    python benchmarks/quantized_recipes.py SCRATCH/mid --recipes float-int4 bf16-int4-qe
+    python benchmarks/quantized_recipes.py ~/chatglm-bench/mid
+    python benchmarks/quantized_recipes.py ~/chatglm-bench/mid --recipes float-int4 bf16-int4-qe
 
 Recipes: DTYPE-BITS[-qe]: DTYPE float (`.float()`, what `--device cpu` picks), half (as loaded) or bf16;
 BITS int4 / int8 (`.quantize(bits)`) or none; -qe adds `quantize_embeddings=True`.

@@ -5,7 +5,7 @@ The layout of THUDM/chatglm-6b: fp16 `pytorch_model-0000N-of-0000M.bin` shards f
 `lm_head.weight` holding the embedding's values in the last shard. Only one shard is in memory at a time,
 so the real 28-layer size (about 13 GB on disk) is written with about 2 GB of RAM.
 
-    python benchmarks/random_checkpoint.py OUT_DIR --tokenizer ../shared/reference/tokenizer        # 28 layers
+    python benchmarks/random_checkpoint.py OUT_DIR --tokenizer tests/goldens/tokenizer        # 28 layers
     python benchmarks/random_checkpoint.py OUT_DIR --tokenizer ... --layers 4 --shards 2              # "mid"
 """
 

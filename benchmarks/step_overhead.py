@@ -8,7 +8,7 @@ streamed by the products evict everything else from the caches, so the small ops
 they cost timed alone. Each wrapper adds about a microsecond per call.
 
     python benchmarks/step_overhead.py                                  # bundled demo model, float32, 2 threads
-    python benchmarks/step_overhead.py --model SCRATCH/mid --dtype bfloat16 --quantize 4 --quantize-embeddings
+    python benchmarks/step_overhead.py --model ~/chatglm-bench/mid --dtype bfloat16 --quantize 4 --quantize-embeddings
 """
 
 import argparse

@@ -13,7 +13,7 @@ REAL_MODEL_ID = "THUDM/chatglm-6b"
 DEMO_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chatglm-demo")
 
 DOWNLOAD_HINT = (
-    "download it first with `huggingface-cli download {model}` (or `git clone "
+    "download it first with `hf download {model}` (or `git clone "
     "https://huggingface.co/{model}`) and pass --model /path/to/that/folder"
 )
 

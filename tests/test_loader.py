@@ -62,7 +62,7 @@ def test_bundled_checkpoint_is_the_default(capsys):
     (lambda tmp: {"model": str(tmp / "does-not-exist")}, ["no such folder", "--model"]),
     (lambda tmp: {"model": "./also/missing"}, ["no such folder"]),
     (lambda tmp: {"model": str(tmp)}, ["config.json", "--model"]),
-    (lambda tmp: {"model": "THUDM/chatglm-6b-not-downloaded"}, ["HF_HUB_OFFLINE", "huggingface-cli download",
+    (lambda tmp: {"model": "THUDM/chatglm-6b-not-downloaded"}, ["HF_HUB_OFFLINE", "hf download",
                                                                  "--model"]),
 ])
 def test_clear_one_line_errors(tmp_path, monkeypatch, make_args, words):
@@ -162,5 +162,5 @@ def test_unknown_hub_id_fails_with_one_line(tmp_path, script_env):
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: could not load THUDM/not-a-repo from the Hugging Face hub (RepositoryNotFoundError")
-    assert "huggingface-cli download THUDM/not-a-repo" in last
+    assert "hf download THUDM/not-a-repo" in last
     assert "Traceback" not in result.stderr
