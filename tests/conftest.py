@@ -4,6 +4,9 @@
                      with the goldens' small tokenizer (tests/goldens/tokenizer). Session-scoped; read-only.
 ``door_checkpoint``  what the front-door tests load: the bundled demo checkpoint (chatglm.DEMO_MODEL_PATH).
 ``api_server``       api.py serving ``door_checkpoint`` as a real server process on a free port (session-scoped).
+
+``@pytest.mark.requires_cpu_kernels``  skips a test, with the reason, where the C kernels of chatglm/cpu_kernels.py
+                     cannot be built (no compiler, not x86-64, CHATGLM_CPU_KERNELS=0, a build that failed).
 """
 
 import os
@@ -15,6 +18,22 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # Outputs recorded from the original ChatGLM-6B code (see tests/goldens/README.md). They live in the
 # repository so that a plain clone runs every comparison; a missing file fails the test that reads it.
 GOLDENS_DIR = Path(__file__).resolve().parent / "goldens"
+
+
+def cpu_kernels_missing():
+    """Why the C kernels are not available in this process, or None where they are."""
+    from chatglm import cpu_kernels
+
+    if cpu_kernels.library() is not None:
+        return None
+    return cpu_kernels.unavailable_reason() or "the C kernels failed to build (see the logged warning)"
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("requires_cpu_kernels"):
+        reason = cpu_kernels_missing()
+        if reason:
+            pytest.skip(f"no C kernels here: {reason}")
 
 
 def build_tiny_checkpoint(folder, *, num_layers=2, hidden_size=64, num_attention_heads=4, seed=0):
