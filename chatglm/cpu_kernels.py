@@ -33,6 +33,8 @@ import tempfile
 
 import torch
 
+from .cpu_features import cpu_flags
+
 logger = logging.getLogger(__name__)
 
 # Below these sizes the data is cache-resident, a step's time is dispatch, and torch is as fast for one
@@ -739,6 +741,7 @@ ATTEND(attend_f16, uint16_t, v_f16, v_store_f16)
 SUFFIX = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16", torch.uint8: "i8"}  # uint8: row tiles
 FLOAT_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # the C side's F32, F16, BF16
 WEIGHT_KIND = {"f32": 0, "f16": 1, "bf16": 2, "i8": 3, "i4": 4}  # its W_F32 ... W_I4
+MARCH_VARIABLE = "CHATGLM_CPU_KERNELS_MARCH"
 COMPILE_FLAGS = ("-O3", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC")
 
 
@@ -770,17 +773,39 @@ def _compile(compiler, flags, target):
         os.replace(partial, target)  # atomic: a concurrent loader sees no half-written library
 
 
+NO_COMPILER = "no C compiler (cc, gcc or $CC) on PATH; install gcc for faster CPU decoding"
+
+
+def _compiler():
+    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+
+
+def unavailable_reason():
+    """Why the kernels cannot be built here, or None where they can (a build may still fail)."""
+    if os.environ.get("CHATGLM_CPU_KERNELS", "1") == "0":
+        return "turned off by CHATGLM_CPU_KERNELS=0"
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"not an x86-64 CPU ({platform.machine()})"
+    if _compiler() is None:
+        return NO_COMPILER
+    flags = cpu_flags()
+    if MARCH_VARIABLE not in os.environ and flags and not {"avx2", "fma", "f16c"} <= flags:
+        return "this CPU has no AVX2/FMA/F16C"
+    return None
+
+
 @functools.cache
 def library():
     """The compiled kernels as a ctypes library, or None where they cannot be built here."""
-    if os.environ.get("CHATGLM_CPU_KERNELS", "1") == "0" or platform.machine().lower() not in ("x86_64", "amd64"):
+    reason = unavailable_reason()
+    if reason is not None:
+        # a missing compiler is the one reason a user can fix (install gcc)
+        log = logger.warning if reason == NO_COMPILER else logger.debug
+        log("CPU kernels not used, torch's kernels are (slower): %s", reason)
         return None
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        logger.warning("no C compiler found: CPU decoding uses torch's kernels (slower); install gcc to speed it up")
-        return None
+    compiler = _compiler()
     # CHATGLM_CPU_KERNELS_MARCH builds for another (older) CPU than this one, e.g. haswell for AVX2
-    flags = (*COMPILE_FLAGS, f"-march={os.environ.get('CHATGLM_CPU_KERNELS_MARCH', 'native')}")
+    flags = (*COMPILE_FLAGS, f"-march={os.environ.get(MARCH_VARIABLE, 'native')}")
     key = hashlib.sha256("\0".join((SOURCE, compiler, *flags, _cpu_id())).encode()).hexdigest()[:16]
     path = os.path.join(_cache_dir(), f"cpu_kernels-{key}.so")
     try:

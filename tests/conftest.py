@@ -4,6 +4,9 @@
                      with the goldens' small tokenizer (tests/goldens/tokenizer). Session-scoped; read-only.
 ``door_checkpoint``  what the front-door tests load: the bundled demo checkpoint (chatglm.DEMO_MODEL_PATH).
 ``api_server``       api.py serving ``door_checkpoint`` as a real server process on a free port (session-scoped).
+
+``@pytest.mark.requires_cpu_kernels``  skips a test, with the reason, where the C kernels of chatglm/cpu_kernels.py
+                     cannot be built (no compiler, not x86-64, CHATGLM_CPU_KERNELS=0, a build that failed).
 """
 
 import os
@@ -34,6 +37,22 @@ def tiny_config(**overrides):
     if "hidden_size" in overrides and "inner_hidden_size" not in overrides:
         values["inner_hidden_size"] = 4 * values["hidden_size"]
     return chatglm.ChatGLMConfig(**values)
+
+
+def cpu_kernels_missing():
+    """Why the C kernels are not available in this process, or None where they are."""
+    from chatglm import cpu_kernels
+
+    if cpu_kernels.library() is not None:
+        return None
+    return cpu_kernels.unavailable_reason() or "the C kernels failed to build (see the logged warning)"
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("requires_cpu_kernels"):
+        reason = cpu_kernels_missing()
+        if reason:
+            pytest.skip(f"no C kernels here: {reason}")
 
 
 def build_tiny_checkpoint(folder, *, num_layers=2, hidden_size=64, num_attention_heads=4, seed=0):
