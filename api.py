@@ -8,9 +8,9 @@
     curl -N http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "chatglm", "messages": [{"role": "user", "content": "你好"}], "stream": true}'
 
-Concurrent requests are answered together (continuous batching, see ``chatglm/serving.py``); the routes,
-checks and error shapes are in ``chatglm/server.py`` and the request fields in ``chatglm/protocol.py``
-(also at ``/docs``).
+Concurrent requests are answered together (continuous batching, see ``chatglm/serving/engine.py``); the
+routes, checks and error shapes are in ``chatglm/serving/`` and the request fields in
+``chatglm/serving/protocol.py`` (also at ``/docs``).
 """
 
 import argparse
@@ -19,8 +19,8 @@ import os
 
 from chatglm.cli import add_model_args, add_server_args, bounded, run_script
 from chatglm.loader import load_model_and_tokenizer
-from chatglm.server import ServerSettings, create_app
 from chatglm.serving import default_engine_threads
+from chatglm.serving.app import ServerSettings, create_app
 
 # how long a SIGTERM waits for the answers being generated before it cancels them
 GRACEFUL_SHUTDOWN_SECONDS = 5

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from chatglm.generation import PromptTooLong, build_prompt, process_response, prompt_ids
+from chatglm.sampling import replace_invalid_scores, sample_next_tokens
 from chatglm.serving import (
     CANCELLED,
     ERROR,
@@ -19,7 +20,6 @@ from chatglm.serving import (
     Sequence,
     TextStream,
     follow,
-    sample_next_tokens,
 )
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办", "Write a haiku about the sea", "hi",
@@ -206,8 +206,11 @@ def test_sample_next_tokens_follows_each_rows_settings():
         tokens = sample_next_tokens(logits.clone(), temperature, top_p, top_k)
         assert tokens[:3].tolist() == top[:3].tolist()  # greedy, top_k=1, top_p=0
         assert tokens[3] in logits[3].topk(5).indices
-    bad = torch.full((1, 100), float("nan"))
-    assert sample_next_tokens(bad, torch.ones(1), torch.ones(1), torch.zeros(1, dtype=torch.long)).item() == 5
+    # the invalid-score rule, row by row as the engine applies it: only the bad row picks token 5
+    bad = torch.stack((torch.full((100,), float("nan")), logits[0]))
+    replace_invalid_scores(bad, each_row=True)
+    assert sample_next_tokens(bad, torch.zeros(2), torch.ones(2), torch.zeros(2, dtype=torch.long)).tolist() == [
+        5, int(top[0])]
 
 
 @pytest.mark.parametrize("each_token", [True, False])

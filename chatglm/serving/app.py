@@ -29,7 +29,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, PromptTooLong, prompt_ids
+from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, PromptTooLong, prompt_ids
+from ..text import is_valid_text
+from .engine import ERROR, STOP, Engine, QueueFull, Sequence
 from .protocol import (
     FIELD_NAMES,
     ApiError,
@@ -40,7 +42,8 @@ from .protocol import (
     ModelList,
     messages_to_chat,
 )
-from .serving import ERROR, STOP, Engine, QueueFull, Sequence, TextStream, follow
+from .text_stream import TextStream
+from .updates import follow
 
 logger = logging.getLogger("chatglm.api")
 
@@ -108,27 +111,19 @@ def describe_validation_error(exc: RequestValidationError, path: str) -> tuple[s
 # --- the guard in front of every route ---------------------------------------------------------------
 
 
-def _has_lone_surrogate(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return False
-    except UnicodeEncodeError:
-        return True
-
-
 def check_json(value, max_depth: int):
     """Raise ApiError (naming where) for nesting deeper than ``max_depth`` or a lone UTF-16 surrogate."""
     stack = [(value, "", 1)]
     while stack:  # iterative: the depth is what is being checked
         item, path, depth = stack.pop()
-        if isinstance(item, str) and _has_lone_surrogate(item):
+        if isinstance(item, str) and not is_valid_text(item):
             raise ApiError(400, f"'{path or 'body'}' holds a lone UTF-16 surrogate (like \\ud800), which is not "
                                 f"text: send valid Unicode", path or None)
         if isinstance(item, (dict, list)):
             if depth > max_depth:
                 raise ApiError(400, f"the JSON body is nested more than {max_depth} levels deep (at '{path}')")
             for key, child in (item.items() if isinstance(item, dict) else enumerate(item)):
-                if isinstance(key, str) and _has_lone_surrogate(key):
+                if isinstance(key, str) and not is_valid_text(key):
                     raise ApiError(400, f"a key in '{path or 'body'}' holds a lone UTF-16 surrogate: send valid "
                                         f"Unicode", path or None)
                 child_path = f"{path}[{key}]" if isinstance(key, int) else f"{path}.{key}" if path else key
