@@ -30,7 +30,7 @@ MAX_LENGTH = 96
 @pytest.fixture(scope="module")
 def engine(door_model):
     _, model = door_model
-    engine = Engine(model, max_batch_size=8, max_waiting=8).start()
+    engine = Engine(model, max_batch_size=8, max_queue=8).start()
     yield engine
     engine.stop()
 
@@ -105,7 +105,7 @@ def test_a_failing_request_fails_alone(engine, door_model):
 @pytest.mark.slow  # generates with the demo model
 def test_cancel_stops_a_running_and_a_waiting_request(door_model):
     tokenizer, model = door_model
-    engine = Engine(model, max_batch_size=1, max_waiting=1).start()
+    engine = Engine(model, max_batch_size=1, max_queue=1).start()
     try:
         ids = prompt_ids(tokenizer, "你好", [], 4096)
         running = Sequence(ids, 4000, ignore_eos=True)  # long: would take many seconds

@@ -34,8 +34,10 @@ from .batch import BatchKVCache, RunningBatch, sampling_settings
 
 logger = logging.getLogger("chatglm.serving")
 
-# Finish reasons. "stop" and "length" are what OpenAI clients know; the others end a sequence early.
-STOP, LENGTH, CANCELLED, ERROR = "stop", "length", "cancelled", "error"
+# Finish reasons. "stop" and "length" are what OpenAI clients know; the others end a sequence early
+# ("shutdown": the server's drain time ran out).
+STOP, LENGTH, CANCELLED, ERROR, SHUTDOWN = "stop", "length", "cancelled", "error", "shutdown"
+FINISH_REASONS = (STOP, LENGTH, CANCELLED, ERROR, SHUTDOWN)
 
 
 class QueueFull(Exception):
@@ -50,7 +52,7 @@ class Sequence:
     end-of-answer token up to ``max_new_tokens``. ``on_update`` (if set) is called from
     the engine thread whenever ``output_ids`` grew or the sequence finished; ``done`` is set at the end.
     ``finish_reason`` is None while running, then "stop" (end-of-answer token), "length" (max_new_tokens),
-    "cancelled" or "error" (``error`` says why).
+    "cancelled", "shutdown" (cut when the server's drain time ran out) or "error" (``error`` says why).
     """
 
     def __init__(self, prompt_ids: Seq[int], max_new_tokens: int, *, temperature: float = 0.95,
@@ -88,16 +90,17 @@ def default_engine_threads() -> int:
 class Engine:
     """Runs every submitted Sequence to its end on one background thread, batching them together.
 
-    ``max_batch_size`` sequences decode together; more wait in a queue of at most ``max_waiting`` (then
+    ``max_batch_size`` sequences decode together; more wait in a queue of at most ``max_queue`` (then
     ``submit`` raises QueueFull). ``cancel`` takes effect at the next step boundary. ``threads`` is the
-    number of CPU threads the steps compute with (None: torch's setting).
+    number of CPU threads the steps compute with (None: torch's setting). ``drain`` stops taking sequences
+    and gives the ones it holds a deadline.
     """
 
-    def __init__(self, model, *, max_batch_size: int = 32, max_waiting: int = 256, threads: int | None = None):
+    def __init__(self, model, *, max_batch_size: int = 32, max_queue: int = 256, threads: int | None = None):
         self.model = model
         self.threads = threads
         self.max_batch_size = max_batch_size
-        self.max_waiting = max_waiting
+        self.max_queue = max_queue
         eos = model.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
         # a sequence that names no top_k samples as `model.chat` does: with the model's generation config
@@ -106,10 +109,11 @@ class Engine:
         self.waiting: collections.deque = collections.deque()
         self.wakeup = threading.Condition()
         self.stopping = False
+        self.drain_deadline: float | None = None  # time.monotonic() at which held sequences are cut
         self.thread = threading.Thread(target=self._run, name="chatglm-engine", daemon=True)
         # read by other threads while the engine thread updates them, so every key exists from the start
         self.counts = dict.fromkeys(["submitted", "prompt_tokens", "generated_tokens", "steps"]
-                                    + [f"finished_{r}" for r in (STOP, LENGTH, CANCELLED, ERROR)], 0)
+                                    + [f"finished_{r}" for r in FINISH_REASONS], 0)
 
     # --- called from other threads ---
 
@@ -129,11 +133,20 @@ class Engine:
         if self.thread.is_alive():
             self.thread.join(timeout)
 
+    def drain(self, seconds: float):
+        """Take no more sequences; the ones held now go on for at most ``seconds``, then end as "shutdown"."""
+        with self.wakeup:
+            self.drain_deadline = time.monotonic() + seconds
+            self.wakeup.notify()
+
+    def idle(self) -> bool:
+        return self.batch is None and not self.waiting
+
     def submit(self, sequence: Sequence):
         with self.wakeup:
-            if self.stopping:
+            if self.stopping or self.drain_deadline is not None:
                 raise QueueFull("the server is shutting down")
-            if len(self.waiting) >= self.max_waiting:
+            if len(self.waiting) >= self.max_queue:
                 raise QueueFull(f"the queue is full: {len(self.waiting)} waiting")
             if sequence.top_k is None:
                 sequence.top_k = self.default_top_k
@@ -166,6 +179,9 @@ class Engine:
                         self.wakeup.wait()
                     if self.stopping:
                         break
+                    if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
+                        self._end_all(SHUTDOWN)
+                        continue
                     free = self.max_batch_size - (len(self.batch) if self.batch is not None else 0)
                     joining = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
                 try:
@@ -179,8 +195,12 @@ class Engine:
                     for sequence in self.batch.sequences if self.batch is not None else []:
                         self._finish(sequence, ERROR, f"{type(exc).__name__}: {exc}")
                     self.batch = None
+        self._end_all(CANCELLED)
+
+    def _end_all(self, reason: str):
+        """End every held sequence (called with ``wakeup`` held)."""
         for sequence in list(self.waiting) + (self.batch.sequences if self.batch is not None else []):
-            self._finish(sequence, CANCELLED)
+            self._finish(sequence, reason)
         self.waiting.clear()
         self.batch = None
 

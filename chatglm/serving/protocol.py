@@ -1,50 +1,93 @@
 """Request and response bodies of the HTTP API (pydantic, so FastAPI validates them and /openapi.json
 documents every field): the original ``POST /`` and the OpenAI-compatible ``/v1/chat/completions``.
 
-Numbers are strict: ``"100"`` or ``true`` is not a number, and a float is not an integer.
+The published schema is the contract: what it allows the server accepts, and what the server refuses it
+does not allow. So numbers are strict (``"100"`` or ``true`` is not a number) but a whole-number float such
+as ``1.0`` is an integer, as JSON Schema says; and the OpenAI options this server cannot honour are
+declared at the one value that means "off" (``n`` 1, ``tools`` empty, ...), so a client relying on more gets
+a 400 that the schema predicts. Message lists of any order are answered (see ``messages_to_chat``).
 """
 
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    WithJsonSchema,
+)
 
 from ..generation import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 
 MAX_LENGTH_LIMIT = 32768
 TEMPERATURE_LIMIT = 100.0
+MAX_STOP_STRINGS = 16
 
 
-class ApiError(Exception):
-    """A request that cannot be answered as sent: the HTTP status, a message saying what to do, the field at
-    fault (``param``) and extra response headers."""
-
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.headers = status, message, param, headers
+def _whole_number(value):
+    """1.0 is the integer 1 (JSON Schema's ``integer`` allows it); a bool is not a number."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
+def integer(low: int, high: int):
+    """A strict integer from ``low`` to ``high`` that also takes whole-number floats. The bounds come before
+    the float conversion, so that /openapi.json shows them as JSON Schema's minimum and maximum."""
+    return Annotated[int, Field(strict=True, ge=low, le=high), BeforeValidator(_whole_number)]
+
+
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+# a [question, answer] round; a list of two rather than a tuple, whose prefixItems some OpenAPI tools reject
+Round = Annotated[list[StrictStr], Field(min_length=2, max_length=2)]
+AnswerRound = Annotated[list[str], Field(min_length=2, max_length=2)]
+
+
+def _is_number(value, expected) -> bool:
+    return type(value) in (int, float) and value == expected
+
+
+def only_off(schema: dict, is_off: Callable[[Any], bool], description: str):
+    """An OpenAI option this server does not support: ``schema`` (which allows null) and ``is_off`` say the
+    values that leave it off; any other value is refused with a message saying so."""
+
+    def check(value):
+        if value is not None and not is_off(value):
+            raise ValueError("not supported by this server (ChatGLM answers one plain-text choice per request); "
+                             "leave it out")
+        return value
+
+    schema = {"anyOf": [schema, {"type": "null"}], "description": description}
+    return Annotated[Any, AfterValidator(check), WithJsonSchema(schema)]
 # --- POST / (the original contract) ----------------------------------------------------------------
 
 
 class ChatRequest(BaseModel):
     prompt: StrictStr = Field(description="the question")
-    history: list[tuple[StrictStr, StrictStr]] | None = Field(
+    history: list[Round] | None = Field(
         None, description="earlier rounds as [question, answer] pairs, oldest first")
-    max_length: StrictInt = Field(DEFAULT_MAX_LENGTH, ge=1, le=MAX_LENGTH_LIMIT,
-                                  description="limit on prompt plus answer, in tokens; when the prompt with "
-                                              "the whole history is too long, the oldest rounds are left out")
-    top_p: float = Field(DEFAULT_TOP_P, ge=0.0, le=1.0, strict=True, allow_inf_nan=False,
-                         description="nucleus sampling: sample among the most likely tokens that make up top_p")
-    temperature: float = Field(DEFAULT_TEMPERATURE, ge=0.0, le=TEMPERATURE_LIMIT, strict=True, allow_inf_nan=False,
-                               description="sampling temperature; 0 means greedy (always the most likely token)")
+    max_length: integer(1, MAX_LENGTH_LIMIT) = Field(
+        DEFAULT_MAX_LENGTH, description="limit on prompt plus answer, in tokens; when the prompt with the whole "
+                                        "history is too long, the oldest rounds are left out")
+    top_p: Number = Field(DEFAULT_TOP_P, ge=0.0, le=1.0,
+                          description="nucleus sampling: sample among the most likely tokens that make up top_p")
+    temperature: Number = Field(DEFAULT_TEMPERATURE, ge=0.0, le=TEMPERATURE_LIMIT,
+                                description="sampling temperature; 0 means greedy (always the most likely token)")
 
 
 class ChatResponse(BaseModel):
     response: str
-    history: list[tuple[str, str]]
+    history: list[AnswerRound]
     status: int = 200
     time: str = Field(description="when the answer was ready, YYYY-MM-DD HH:MM:SS (server's local time)")
+    cut: Literal[True] | None = Field(
+        None, description="only present, true, when the server was shutting down and cut the answer short "
+                          "(--drain-seconds)")
 
 
 # --- OpenAI chat completions --------------------------------------------------------------------------
@@ -77,74 +120,50 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1, description="the conversation; the last one is the "
                                                                   "user's question")
     model: StrictStr | None = Field(None, description="accepted whatever it says; answers name the served model")
-    temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True, allow_inf_nan=False,
-                                      description=f"default {DEFAULT_TEMPERATURE}; 0 means greedy")
-    top_p: float | None = Field(None, ge=0.0, le=1.0, strict=True, allow_inf_nan=False,
-                                description=f"default {DEFAULT_TOP_P}")
-    top_k: StrictInt | None = Field(None, ge=0, le=1_000_000,
-                                    description="extension: sample among the k most likely tokens (0: no limit; "
-                                                "default: the model's, 50)")
-    max_tokens: StrictInt | None = Field(None, ge=1, le=MAX_LENGTH_LIMIT,
-                                         description="limit on the answer's tokens; default: what is left of the "
-                                                     "model's context")
-    max_completion_tokens: StrictInt | None = Field(None, ge=1, le=MAX_LENGTH_LIMIT,
-                                                    description="the newer name of max_tokens")
+    temperature: Number | None = Field(None, ge=0.0, le=2.0,
+                                       description=f"default {DEFAULT_TEMPERATURE}; 0 means greedy")
+    top_p: Number | None = Field(None, ge=0.0, le=1.0, description=f"default {DEFAULT_TOP_P}")
+    top_k: integer(0, 1_000_000) | None = Field(
+        None, description="extension: sample among the k most likely tokens (0: no limit; default: the model's, 50)")
+    max_tokens: integer(1, MAX_LENGTH_LIMIT) | None = Field(
+        None, description="limit on the answer's tokens; default: what is left of the model's context")
+    max_completion_tokens: integer(1, MAX_LENGTH_LIMIT) | None = Field(None, description="the newer name of max_tokens")
     ignore_eos: StrictBool = Field(False, description="extension: go on past the end-of-answer token up to "
                                                       "max_tokens (answers of a fixed length, for benchmarks)")
-    stop: StrictStr | list[StrictStr] | None = Field(
-        None, description="up to 16 strings; the answer ends before the first one that appears")
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=MAX_STOP_STRINGS)] | None = Field(
+        None, description=f"up to {MAX_STOP_STRINGS} strings; the answer ends before the first one that appears")
     stream: StrictBool = Field(False, description="send the answer as server-sent events while it is generated")
     stream_options: StreamOptions | None = None
     user: StrictStr | None = Field(None, description="accepted and ignored")
     # accepted only at their "off" values, so that a client relying on them gets a clear error
-    n: StrictInt | None = Field(None, description="not supported beyond 1")
-    tools: list[Any] | None = Field(None, description="not supported")
-    tool_choice: Any | None = Field(None, description="not supported")
-    functions: list[Any] | None = Field(None, description="not supported")
-    function_call: Any | None = Field(None, description="not supported")
-    logprobs: StrictBool | None = Field(None, description="not supported")
-    top_logprobs: StrictInt | None = Field(None, description="not supported")
-    presence_penalty: float | None = Field(None, description="not supported beyond 0")
-    frequency_penalty: float | None = Field(None, description="not supported beyond 0")
-    logit_bias: dict[str, float] | None = Field(None, description="not supported")
-    seed: StrictInt | None = Field(None, description="not supported")
-    response_format: dict[str, Any] | None = Field(None, description="only {\"type\": \"text\"}")
+    n: only_off({"enum": [1]}, lambda v: _is_number(v, 1), "not supported beyond 1") = None
+    tools: only_off({"type": "array", "maxItems": 0}, lambda v: v == [], "not supported (empty only)") = None
+    tool_choice: only_off({"enum": ["none"]}, lambda v: v == "none", "not supported beyond \"none\"") = None
+    functions: only_off({"type": "array", "maxItems": 0}, lambda v: v == [], "not supported (empty only)") = None
+    function_call: only_off({"enum": ["none"]}, lambda v: v == "none", "not supported beyond \"none\"") = None
+    logprobs: only_off({"enum": [False]}, lambda v: v is False, "not supported beyond false") = None
+    top_logprobs: only_off({"enum": [0]}, lambda v: _is_number(v, 0), "not supported beyond 0") = None
+    presence_penalty: only_off({"enum": [0]}, lambda v: _is_number(v, 0), "not supported beyond 0") = None
+    frequency_penalty: only_off({"enum": [0]}, lambda v: _is_number(v, 0), "not supported beyond 0") = None
+    logit_bias: only_off({"type": "object", "maxProperties": 0}, lambda v: v == {}, "not supported (empty only)") \
+        = None
+    seed: only_off({"not": {}}, lambda v: False, "not supported") = None
+    response_format: only_off(
+        {"type": "object", "properties": {"type": {"enum": ["text"]}}, "required": ["type"],
+         "additionalProperties": False}, lambda v: v == {"type": "text"}, "only {\"type\": \"text\"}") = None
 
     def stop_strings(self) -> list[str]:
-        stop = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if len(stop) > 16:
-            raise ApiError(400, f"'stop' takes at most 16 strings, got {len(stop)}", "stop")
-        return stop
-
-    def check_supported(self):
-        """Raise ApiError for an option this server cannot honour."""
-        unsupported = {
-            "n": self.n not in (None, 1),
-            "tools": bool(self.tools),
-            "tool_choice": self.tool_choice not in (None, "none"),
-            "functions": bool(self.functions),
-            "function_call": self.function_call not in (None, "none"),
-            "logprobs": bool(self.logprobs),
-            "top_logprobs": bool(self.top_logprobs),
-            "presence_penalty": bool(self.presence_penalty),
-            "frequency_penalty": bool(self.frequency_penalty),
-            "logit_bias": bool(self.logit_bias),
-            "seed": self.seed is not None,
-            "response_format": self.response_format not in (None, {"type": "text"}),
-        }
-        for name, bad in unsupported.items():
-            if bad:
-                raise ApiError(400, f"'{name}' is not supported by this server (ChatGLM answers one plain-text choice "
-                                 f"per request); leave it out", name)
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
 def messages_to_chat(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, str]]]:
     """OpenAI messages -> ChatGLM's (query, history [(question, answer), ...]).
 
     ChatGLM-6B has no system role: the text of all system/developer messages goes before the first user
-    message, separated by a new line. Consecutive messages of one role are joined with new lines. The last
-    message must be the user's: a trailing assistant message is rejected, because ChatGLM's prompt cannot
-    continue an answer that was already started.
+    message, separated by a new line. Consecutive messages of one role are joined with new lines. ChatGLM's
+    prompt alternates questions and answers and ends with a question, so an answer with no question before
+    it gets an empty question, and a list that ends with an answer is followed by an empty question (a
+    started answer cannot be continued).
     """
     system = "\n".join(m.text() for m in messages if m.role in ("system", "developer"))
     turns: list[list[str]] = []  # [role, text], consecutive roles merged
@@ -155,14 +174,12 @@ def messages_to_chat(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, 
             turns[-1][1] += "\n" + message.text()
         else:
             turns.append([message.role, message.text()])
-    if not turns or turns[-1][0] != "user":
-        raise ApiError(400, "'messages' must end with a user message (ChatGLM answers the last user message; a "
-                         "trailing assistant message cannot be continued)", "messages")
-    if turns[0][0] != "user":
-        raise ApiError(400, "'messages' must start with a user message (after any system messages): an assistant "
-                         "message needs the question it answers", "messages")
+    if turns and turns[0][0] == "assistant":
+        turns.insert(0, ["user", ""])
+    if not turns or turns[-1][0] == "assistant":
+        turns.append(["user", ""])
     if system:
-        turns[0][1] = system + "\n" + turns[0][1]
+        turns[0][1] = system + "\n" + turns[0][1] if turns[0][1] else system
     history = [(turns[i][1], turns[i + 1][1]) for i in range(0, len(turns) - 1, 2)]
     return turns[-1][1], history
 
