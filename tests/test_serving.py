@@ -14,6 +14,7 @@ from chatglm.serving import (
     CANCELLED,
     ERROR,
     LENGTH,
+    SHUTDOWN,
     STOP,
     Engine,
     QueueFull,
@@ -102,17 +103,26 @@ def test_a_failing_request_fails_alone(engine, door_model):
     assert again.output_ids == good.output_ids
 
 
-@pytest.mark.slow  # generates with the demo model
-def test_cancel_stops_a_running_and_a_waiting_request(door_model):
+@contextlib.contextmanager
+def one_long_answer_running(door_model, max_queue):
+    """An engine that decodes one row at a time, already generating a long answer: (engine, ids, running)."""
     tokenizer, model = door_model
-    engine = Engine(model, max_batch_size=1, max_queue=1).start()
+    engine = Engine(model, max_batch_size=1, max_queue=max_queue).start()
     try:
         ids = prompt_ids(tokenizer, "你好", [], 4096)
         running = Sequence(ids, 4000, ignore_eos=True)  # long: would take many seconds
-        waiting = Sequence(ids, 10, temperature=0)
         engine.submit(running)
         while not running.output_ids:
             time.sleep(0.01)
+        yield engine, ids, running
+    finally:
+        engine.stop()
+
+
+@pytest.mark.slow  # generates with the demo model
+def test_cancel_stops_a_running_and_a_waiting_request(door_model):
+    with one_long_answer_running(door_model, max_queue=1) as (engine, ids, running):
+        waiting = Sequence(ids, 10, temperature=0)
         engine.submit(waiting)
         with pytest.raises(QueueFull):
             engine.submit(Sequence(ids, 10))  # the queue holds one
@@ -124,8 +134,19 @@ def test_cancel_stops_a_running_and_a_waiting_request(door_model):
         generated = len(running.output_ids)
         time.sleep(0.2)
         assert len(running.output_ids) == generated and engine.stats()["running"] == 0
-    finally:
-        engine.stop()
+
+
+@pytest.mark.slow  # generates with the demo model
+def test_drain_refuses_new_requests_and_cuts_the_running_ones_at_the_deadline(door_model):
+    with one_long_answer_running(door_model, max_queue=2) as (engine, ids, running):
+        waiting = Sequence(ids, 4000, ignore_eos=True)
+        engine.submit(waiting)
+        engine.drain(0.5)
+        with pytest.raises(QueueFull, match="shutting down"):
+            engine.submit(Sequence(ids, 10))
+        assert running.done.wait(30) and waiting.done.wait(30)
+        assert running.finish_reason == waiting.finish_reason == SHUTDOWN
+        assert 0 < len(running.output_ids) < 4000 and engine.idle()
 
 
 def test_text_stream_pieces_add_up_to_the_cleaned_answer(door_model):

@@ -7,9 +7,9 @@
     app.py          create_app: the FastAPI app (routes.py, guard.py, errors.py)
 """
 
-from .engine import CANCELLED, ERROR, LENGTH, STOP, Engine, QueueFull, Sequence, default_engine_threads
+from .engine import CANCELLED, ERROR, LENGTH, SHUTDOWN, STOP, Engine, QueueFull, Sequence, default_engine_threads
 from .text_stream import TextStream
 from .updates import follow, follow_blocking
 
-__all__ = ["CANCELLED", "ERROR", "LENGTH", "STOP", "Engine", "QueueFull", "Sequence", "TextStream",
+__all__ = ["CANCELLED", "ERROR", "LENGTH", "SHUTDOWN", "STOP", "Engine", "QueueFull", "Sequence", "TextStream",
            "default_engine_threads", "follow", "follow_blocking"]
