@@ -8,22 +8,22 @@
     curl -N http://127.0.0.1:8000/v1/chat/completions -H 'Content-Type: application/json' \\
          -d '{"model": "chatglm", "messages": [{"role": "user", "content": "你好"}], "stream": true}'
 
-Concurrent requests are answered together (continuous batching, see ``chatglm/serving.py``); the routes,
-checks and error shapes are in ``chatglm/server.py`` and the request fields in ``chatglm/protocol.py``
-(also at ``/docs``).
+Concurrent requests are answered together (continuous batching, see ``chatglm/serving/engine.py``); the
+routes, checks and error shapes are in ``chatglm/serving/`` and the request fields in
+``chatglm/serving/protocol.py`` (also at ``/docs``).
 """
 
 import argparse
+import dataclasses
 import logging
 import os
 
 from chatglm.cli import add_model_args, add_server_args, bounded, run_script
 from chatglm.loader import load_model_and_tokenizer
-from chatglm.server import ServerSettings, create_app
 from chatglm.serving import default_engine_threads
-
-# how long a SIGTERM waits for the answers being generated before it cancels them
-GRACEFUL_SHUTDOWN_SECONDS = 5
+from chatglm.serving.app import create_app
+from chatglm.serving.server import serve
+from chatglm.serving.settings import ServerSettings
 
 
 def served_model_name(model) -> str:
@@ -47,32 +47,50 @@ def build_parser() -> argparse.ArgumentParser:
                              "repeat for more (default: none, CORS off)")
     server.add_argument("--log-content", action="store_true",
                         help="log prompts and answers (default: only token counts and timings)")
-    server.add_argument("--max-batch-size", type=bounded(int, 1), default=defaults.max_batch_size,
-                        help=f"requests generated together (default: {defaults.max_batch_size})")
-    server.add_argument("--max-queue", type=bounded(int, 1), default=defaults.max_queue,
-                        help=f"requests waiting for a place in the batch; more get 503 (default: {defaults.max_queue})")
-    server.add_argument("--max-body-bytes", type=bounded(int, 1), default=defaults.max_body_bytes,
-                        help=f"largest request body; larger gets 413 (default: {defaults.max_body_bytes})")
     server.add_argument("--threads", type=bounded(int, 1), default=default_engine_threads(), metavar="N",
                         help="CPU threads that generate (default: all cores but one, %(default)s here: the HTTP "
                              "side needs a core of its own, and generation threads sharing a core with it stall "
                              "at every step)")
+    limits = parser.add_argument_group("limits (each refusal says which flag to raise)")
+    limits.add_argument("--max-batch-size", type=bounded(int, 1), default=defaults.max_batch_size, metavar="N",
+                        help=f"requests generated together (default: {defaults.max_batch_size})")
+    limits.add_argument("--max-queue", type=bounded(int, 1), default=defaults.max_queue, metavar="N",
+                        help=f"requests waiting for a place in the batch; more get 503 (default: {defaults.max_queue})")
+    limits.add_argument("--max-body-bytes", type=bounded(int, 1), default=defaults.max_body_bytes, metavar="N",
+                        help=f"largest request body; larger gets 413 and the connection is closed "
+                             f"(default: {defaults.max_body_bytes})")
+    limits.add_argument("--max-prompt-tokens", type=bounded(int, 1), default=None, metavar="N",
+                        help="longest prompt, in tokens, after the oldest history rounds are left out to fit it; "
+                             "a question alone longer gets 413 (default: the model's context)")
+    limits.add_argument("--max-answer-tokens", type=bounded(int, 1), default=None, metavar="N",
+                        help="longest answer, in tokens, whatever a request asks (its finish reason is then "
+                             "\"length\"; default: what the request's max_length or max_tokens leaves)")
+    limits.add_argument("--request-timeout", type=bounded(float, 0.1), default=defaults.request_timeout,
+                        metavar="SECONDS", help="time for a request's headers, and again for its body; a slower "
+                                                f"client gets 408 and is disconnected (default: "
+                                                f"{defaults.request_timeout:g})")
+    limits.add_argument("--max-connections", type=bounded(int, 1), default=defaults.max_connections, metavar="N",
+                        help=f"open connections served at once; a request on one more gets 503 "
+                             f"(default: {defaults.max_connections})")
+    limits.add_argument("--keep-alive-timeout", type=bounded(float, 0.1), default=defaults.keep_alive_timeout,
+                        metavar="SECONDS", help=f"how long an idle connection stays open between requests "
+                                                f"(default: {defaults.keep_alive_timeout:g})")
+    limits.add_argument("--drain-seconds", type=bounded(float, 0), default=defaults.drain_seconds,
+                        metavar="SECONDS", help="on SIGTERM or Ctrl-C: how long running answers may go on; then "
+                                                "each is cut and ended properly, and the server exits "
+                                                f"(default: {defaults.drain_seconds:g})")
     return parser
 
 
 def main(argv=None) -> None:
-    import uvicorn
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     tokenizer, model = load_model_and_tokenizer(args)
-    settings = ServerSettings(api_key=args.api_key or None, cors_origins=args.cors_origin, log_content=args.log_content,
-                              max_body_bytes=args.max_body_bytes, max_batch_size=args.max_batch_size,
-                              max_queue=args.max_queue, threads=args.threads)
-    app = create_app(tokenizer, model, settings, model_name=served_model_name(args.model))
-    # the app logs one line per request itself, so uvicorn's access log is off
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS)
+    # every other flag is named after the setting it sets
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerSettings) if hasattr(args, f.name)}
+    settings = ServerSettings(**{**given, "api_key": args.api_key or None, "cors_origins": args.cors_origin})
+    serve(create_app(tokenizer, model, settings, model_name=served_model_name(args.model)), settings,
+          args.host, args.port)
 
 
 if __name__ == "__main__":

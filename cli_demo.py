@@ -20,6 +20,7 @@ import time
 from chatglm.cli import add_model_args, bounded, run_script
 from chatglm.generation import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generation_options
 from chatglm.loader import load_model_and_tokenizer
+from chatglm.text import is_valid_text
 
 WELCOME = "欢迎使用 ChatGLM-6B 模型：输入内容即可对话，输入 clear 清空对话历史，输入 stop 退出程序。"
 USER_TAG = "用户："
@@ -51,15 +52,6 @@ def render(history, welcome: str = WELCOME) -> str:
     for query, response in history:
         text += f"\n\n{USER_TAG}{query}\n\n{BOT_TAG}{response}"
     return text
-
-
-def is_valid_text(text: str) -> bool:
-    """False for text holding undecodable bytes (which Python reads from a terminal as lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def read_lines(stream):

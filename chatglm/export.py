@@ -10,7 +10,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # every module the model and tokenizer import (relative imports), so the folder works on its own
 CODE_FILES = ("configuration_chatglm.py", "tokenization_chatglm.py", "modeling_chatglm.py", "generation.py",
               "positions.py", "quantization.py", "cpu_features.py", "cpu_kernels.py", "streaming_load.py",
-              "checkpoint_reader.py", "huge_pages.py")
+              "checkpoint_reader.py", "huge_pages.py", "sampling.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_chatglm.ChatGLMConfig",
     "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",

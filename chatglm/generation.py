@@ -5,8 +5,9 @@ import copy
 import re
 
 import torch
-import torch.nn.functional as F
 from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
+
+from .sampling import apply_repetition_penalty, replace_invalid_scores, sample_next_tokens
 
 # the original's generation settings for chat, used by every front door too
 DEFAULT_MAX_LENGTH = 2048
@@ -18,12 +19,11 @@ class InvalidScoreLogitsProcessor(LogitsProcessor):
     """If any score is NaN or inf, replace all scores so that token 5 is chosen (as the original)."""
 
     def __call__(self, input_ids, scores):
-        if torch.isnan(scores).any() or torch.isinf(scores).any():
-            scores.zero_()
-            scores[..., 5] = 5e4
-        return scores
+        return replace_invalid_scores(scores)
 
 
+# a date placeholder the original model writes; process_response fills it in
+TRAINING_DATE = "[[训练时间]]"
 # a half-width mark with a CJK character right before or after it becomes full-width
 _FULL_WIDTH = {",": "，", "!": "！", ":": "：", ";": "；", "?": "？"}
 _MARK_BESIDE_CJK = re.compile(r"(?<=[\u4e00-\u9fff])[,!:;?]|[,!:;?](?=[\u4e00-\u9fff])")
@@ -41,7 +41,7 @@ def clean_inside(text):
     """process_response without the strip. It never looks across a newline (the placeholder holds none, and a
     mark changes only beside a CJK character), so text split at newlines can be cleaned piece by piece; and
     it commutes with the strip (it neither adds nor removes whitespace)."""
-    return _MARK_BESIDE_CJK.sub(lambda mark: _FULL_WIDTH[mark.group()], text.replace("[[训练时间]]", "2023年"))
+    return _MARK_BESIDE_CJK.sub(lambda mark: _FULL_WIDTH[mark.group()], text.replace(TRAINING_DATE, "2023年"))
 
 
 def format_rounds(query, history):
@@ -122,12 +122,16 @@ def chat(model, tokenizer, query, history=None, max_length=DEFAULT_MAX_LENGTH, n
     """Answer `query` given `history` [(question, answer), ...]; returns (response, new history).
 
     When the prompt with the whole history would not fit `max_length`, the oldest rounds are
-    left out of the prompt (they stay in the returned history).
+    left out of the prompt (they stay in the returned history). Beam search (num_beams > 1) runs
+    transformers' generate(); otherwise the answer is the last step of stream_generate.
     """
     history = list(history or [])
     inputs = chat_inputs(model, tokenizer, query, history, max_length)
     gen_kwargs = generation_kwargs(max_length, do_sample, top_p, temperature, logits_processor, kwargs)
-    outputs = model.generate(**inputs, num_beams=num_beams, **gen_kwargs)
+    if num_beams > 1:
+        outputs = model.generate(**inputs, num_beams=num_beams, **gen_kwargs)
+    else:
+        *_, outputs = stream_generate(model, **inputs, **gen_kwargs)
     response = process_response(tokenizer.decode(outputs[0, inputs["input_ids"].shape[1] :].tolist()))
     return response, history + [(query, response)]
 
@@ -146,25 +150,40 @@ def stream_chat(model, tokenizer, query, history=None, max_length=DEFAULT_MAX_LE
         yield response, history + [(query, response)]
 
 
+def next_token_scores(config, input_ids, logits, processors):
+    """A step's scores [batch, vocab] after the repetition penalty and the caller's logits processors."""
+    scores = apply_repetition_penalty(logits, input_ids, config.repetition_penalty or 1.0)
+    return processors(input_ids, scores)
+
+
+def sample(config, scores):
+    """The next token of every row with the generation config's settings (chatglm.sampling's sampler)."""
+    if not config.do_sample:
+        return scores.argmax(dim=-1)
+    batch, device = scores.shape[0], scores.device
+    return sample_next_tokens(scores, torch.full((batch,), float(config.temperature or 1.0), device=device),
+                              torch.full((batch,), float(config.top_p or 1.0), device=device),
+                              torch.full((batch,), int(config.top_k or 0), device=device))
+
+
 @torch.inference_mode()
 def stream_generate(model, input_ids, attention_mask=None, position_ids=None, generation_config=None,
                     logits_processor=None, stopping_criteria=None, **kwargs):
-    """Greedy or sampled decoding that yields the whole sequence [batch, seq] after every new token."""
+    """Greedy or sampled decoding that yields the whole sequence [batch, seq] after every new token.
+    Sampling honours temperature, top_k, top_p and repetition_penalty of the generation config (updated with
+    ``kwargs``), after the caller's ``logits_processor``."""
     config = copy.deepcopy(generation_config or model.generation_config)
     config.update(**kwargs)
     eos_ids = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    processors = model._get_logits_processor(
-        generation_config=config,
-        input_ids_seq_length=input_ids.shape[1],
-        encoder_input_ids=input_ids,
-        prefix_allowed_tokens_fn=None,
-        logits_processor=LogitsProcessorList(logits_processor or []),
-    )
+    processors = LogitsProcessorList(logits_processor or [])
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
     step_ids, cache, decoded = input_ids, None, False
-    while input_ids.shape[1] < config.max_length:
+    max_length = config.max_length
+    if config.max_new_tokens is not None:
+        max_length = input_ids.shape[1] + config.max_new_tokens
+    while input_ids.shape[1] < max_length:
         if decoded:  # the newest token, after the one decoded last
             position_ids = model.transformer.next_position_ids(position_ids)
         elif cache is not None:  # the first token after the prompt: its positions come from the prompt's ids
@@ -173,11 +192,8 @@ def stream_generate(model, input_ids, attention_mask=None, position_ids=None, ge
         outputs = model(step_ids, position_ids=position_ids, attention_mask=attention_mask, cache=cache,
                         use_cache=True)
         cache = outputs.cache
-        scores = processors(input_ids, outputs.logits[:, -1, :].float())
-        if config.do_sample:
-            next_tokens = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1).squeeze(1)
-        else:
-            next_tokens = scores.argmax(dim=-1)
+        scores = next_token_scores(config, input_ids, outputs.logits[:, -1, :].float(), processors)
+        next_tokens = sample(config, scores)
         next_tokens = torch.where(finished, config.pad_token_id, next_tokens)
         input_ids = torch.cat((input_ids, next_tokens[:, None]), dim=-1)
         attention_mask = torch.cat((attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)), dim=-1)

@@ -106,6 +106,12 @@ def rotate_queries_and_keys(qkv, rotary):
 CACHE_CHUNK = 256
 
 
+def cache_capacity(length):
+    """The KV-buffer growth policy of every cache here (this model's and the serving engine's batches): room
+    for ``length`` positions and the rest of its CACHE_CHUNK, so that a buffer is copied once per chunk."""
+    return (length // CACHE_CHUNK + 1) * CACHE_CHUNK
+
+
 class GrowingLayer(DynamicLayer):
     """One layer's keys and values [batch, heads, seq, head_dim], kept at the front of a buffer with room
     to grow. A new token is written into the buffer, where DynamicLayer's torch.cat would copy the whole
@@ -142,7 +148,7 @@ class GrowingLayer(DynamicLayer):
                 and buffer.shape[:2] == key_states.shape[:2] and buffer.shape[-1] == key_states.shape[-1])
 
     def _reallocate(self, key_states, value_states, length, new_length):
-        capacity = (new_length // CACHE_CHUNK + 1) * CACHE_CHUNK
+        capacity = cache_capacity(new_length)
         batch, heads, _, head_dim = key_states.shape
         self.key_buffer = key_states.new_empty(batch, heads, capacity, head_dim)
         self.value_buffer = value_states.new_empty(batch, heads, capacity, value_states.shape[-1])

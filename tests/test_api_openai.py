@@ -144,17 +144,12 @@ def test_unsupported_options_are_a_clear_400(client, field, options):
 
 BAD_REQUESTS = [
     ("no messages", {"messages": []}, "messages"),
-    ("trailing assistant", {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"}]},
-     "messages"),
-    ("assistant first", {"messages": [{"role": "assistant", "content": "a"}, {"role": "user", "content": "hi"}]},
-     "messages"),
     ("tool role", {"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
     ("content a number", {"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
     ("temperature too high", {"messages": [{"role": "user", "content": "hi"}], "temperature": 3}, "temperature"),
     ("max_tokens zero", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, "max_tokens"),
     ("stop a number", {"messages": [{"role": "user", "content": "hi"}], "stop": 5}, "stop"),
     ("unknown option", {"messages": [{"role": "user", "content": "hi"}], "beam_width": 4}, "beam_width"),
-    ("question too long", {"messages": [{"role": "user", "content": "你好" * 2000}]}, "messages"),
 ]
 
 
@@ -164,6 +159,12 @@ def test_bad_input_is_a_400_naming_the_field(api_server, name, payload, field):
     assert reply.status_code == 400, reply.text
     error = reply.json()["error"]
     assert f"'{field}" in error["message"] and error["type"] == "invalid_request_error"
+
+
+def test_a_question_too_long_for_the_context_is_a_413(api_server):
+    reply = httpx.post(api_server.url + "/v1/chat/completions", timeout=60,
+                       json={"messages": [{"role": "user", "content": "你好" * 2000}]})
+    assert reply.status_code == 413 and "'messages'" in reply.json()["error"]["message"], reply.text
 
 
 def test_lone_surrogate_and_deep_nesting(api_server):

@@ -9,17 +9,18 @@ import pytest
 import torch
 
 from chatglm.generation import PromptTooLong, build_prompt, process_response, prompt_ids
+from chatglm.sampling import replace_invalid_scores, sample_next_tokens
 from chatglm.serving import (
     CANCELLED,
     ERROR,
     LENGTH,
+    SHUTDOWN,
     STOP,
     Engine,
     QueueFull,
     Sequence,
     TextStream,
     follow,
-    sample_next_tokens,
 )
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办", "Write a haiku about the sea", "hi",
@@ -30,7 +31,7 @@ MAX_LENGTH = 96
 @pytest.fixture(scope="module")
 def engine(door_model):
     _, model = door_model
-    engine = Engine(model, max_batch_size=8, max_waiting=8).start()
+    engine = Engine(model, max_batch_size=8, max_queue=8).start()
     yield engine
     engine.stop()
 
@@ -102,17 +103,26 @@ def test_a_failing_request_fails_alone(engine, door_model):
     assert again.output_ids == good.output_ids
 
 
-@pytest.mark.slow  # generates with the demo model
-def test_cancel_stops_a_running_and_a_waiting_request(door_model):
+@contextlib.contextmanager
+def one_long_answer_running(door_model, max_queue):
+    """An engine that decodes one row at a time, already generating a long answer: (engine, ids, running)."""
     tokenizer, model = door_model
-    engine = Engine(model, max_batch_size=1, max_waiting=1).start()
+    engine = Engine(model, max_batch_size=1, max_queue=max_queue).start()
     try:
         ids = prompt_ids(tokenizer, "你好", [], 4096)
         running = Sequence(ids, 4000, ignore_eos=True)  # long: would take many seconds
-        waiting = Sequence(ids, 10, temperature=0)
         engine.submit(running)
         while not running.output_ids:
             time.sleep(0.01)
+        yield engine, ids, running
+    finally:
+        engine.stop()
+
+
+@pytest.mark.slow  # generates with the demo model
+def test_cancel_stops_a_running_and_a_waiting_request(door_model):
+    with one_long_answer_running(door_model, max_queue=1) as (engine, ids, running):
+        waiting = Sequence(ids, 10, temperature=0)
         engine.submit(waiting)
         with pytest.raises(QueueFull):
             engine.submit(Sequence(ids, 10))  # the queue holds one
@@ -124,8 +134,19 @@ def test_cancel_stops_a_running_and_a_waiting_request(door_model):
         generated = len(running.output_ids)
         time.sleep(0.2)
         assert len(running.output_ids) == generated and engine.stats()["running"] == 0
-    finally:
-        engine.stop()
+
+
+@pytest.mark.slow  # generates with the demo model
+def test_drain_refuses_new_requests_and_cuts_the_running_ones_at_the_deadline(door_model):
+    with one_long_answer_running(door_model, max_queue=2) as (engine, ids, running):
+        waiting = Sequence(ids, 4000, ignore_eos=True)
+        engine.submit(waiting)
+        engine.drain(0.5)
+        with pytest.raises(QueueFull, match="shutting down"):
+            engine.submit(Sequence(ids, 10))
+        assert running.done.wait(30) and waiting.done.wait(30)
+        assert running.finish_reason == waiting.finish_reason == SHUTDOWN
+        assert 0 < len(running.output_ids) < 4000 and engine.idle()
 
 
 def test_text_stream_pieces_add_up_to_the_cleaned_answer(door_model):
@@ -206,8 +227,11 @@ def test_sample_next_tokens_follows_each_rows_settings():
         tokens = sample_next_tokens(logits.clone(), temperature, top_p, top_k)
         assert tokens[:3].tolist() == top[:3].tolist()  # greedy, top_k=1, top_p=0
         assert tokens[3] in logits[3].topk(5).indices
-    bad = torch.full((1, 100), float("nan"))
-    assert sample_next_tokens(bad, torch.ones(1), torch.ones(1), torch.zeros(1, dtype=torch.long)).item() == 5
+    # the invalid-score rule, row by row as the engine applies it: only the bad row picks token 5
+    bad = torch.stack((torch.full((100,), float("nan")), logits[0]))
+    replace_invalid_scores(bad, each_row=True)
+    assert sample_next_tokens(bad, torch.zeros(2), torch.ones(2), torch.zeros(2, dtype=torch.long)).tolist() == [
+        5, int(top[0])]
 
 
 @pytest.mark.parametrize("each_token", [True, False])
