@@ -18,6 +18,11 @@ embedding matrix).
 
 A configuration ending in -torch is the same with chatglm/cpu_kernels.py turned off (CHATGLM_CPU_KERNELS=0).
 
+--isa avx2 (or avx512) runs our configurations as on a CPU with AVX2 only (or AVX-512 without bfloat16 dot
+products), on any newer x86-64 machine: it sets ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA (torch's and oneDNN's
+kernels) and CHATGLM_CPU_KERNELS_MARCH (our C kernels) in each configuration's process; chatglm.cpp must be built
+for the same ISA (docs/cpu.md). The header shows the path each process took.
+
 CHECKPOINT is a ChatGLM-6B-shaped folder (the perf README's "mid" model, or one written by
 benchmarks/random_checkpoint.py). chatglm.cpp runs when --cpp-python names a python where chatglm_cpp
 0.4.2 imports; its q4_0/q8_0 files are converted from the same checkpoint once, into --work-dir, with
@@ -52,6 +57,13 @@ OURS.update({name + TORCH_ONLY: f"{how}, CHATGLM_CPU_KERNELS=0" for name, how in
 CPP = {"cpp-q4_0": "chatglm.cpp 0.4.2, q4_0", "cpp-q8_0": "chatglm.cpp 0.4.2, q8_0"}
 DEFAULT_CONFIGS = ["fp32", "bf16", "int8", "int4", "int4-qe", "recipe-int4", "cli-int4", "cpp-q4_0", "cpp-q8_0"]
 PREFILL_TOKENS, DECODE_CONTEXTS, NEW_TOKENS = 512, (16, 1024), 65
+# what each --isa sets in our configurations' processes (native: nothing)
+ISA_ENVIRONMENT = {
+    "native": {},
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "CHATGLM_CPU_KERNELS_MARCH": "haswell"},
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI",
+               "CHATGLM_CPU_KERNELS_MARCH": "skylake-avx512"},
+}
 
 
 # --- measured in the child processes -------------------------------------------------------------
@@ -106,6 +118,18 @@ def weights_read_per_token(model):
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def cpu_path_description():
+    """The path this process takes: torch's capability, our kernels' build and the prompts' compute dtype."""
+    import torch
+
+    from chatglm import cpu_features, cpu_kernels
+
+    kernels = os.environ.get(cpu_kernels.MARCH_VARIABLE, "native") if cpu_kernels.library() else "off"
+    return (f"torch {torch.backends.cpu.get_cpu_capability()}, oneDNN cap "
+            f"{os.environ.get('ONEDNN_MAX_CPU_ISA', 'none')}, C kernels {kernels}, prompts in "
+            f"{cpu_features.cpu_path()}")
+
+
 def measure_ours(name, path, threads, load_only, rounds):
     import torch
     from transformers.generation.logits_process import LogitsProcessor, LogitsProcessorList
@@ -113,7 +137,8 @@ def measure_ours(name, path, threads, load_only, rounds):
     torch.set_num_threads(threads)
     start = time.perf_counter()
     model = load_ours(name, path).eval()
-    result = {"load_s": time.perf_counter() - start, "weights_read_bytes": weights_read_per_token(model)}
+    result = {"load_s": time.perf_counter() - start, "weights_read_bytes": weights_read_per_token(model),
+              "cpu_path": cpu_path_description()}
     result["resident_after_load"], result["peak_after_load"] = memory_now()
     if load_only:
         return result
@@ -254,7 +279,8 @@ def read_bandwidth_now(args):
     """GB/s: the best of read_bandwidth's reads, in a process of its own (0 with --load-only)."""
     if args.load_only:
         return 0
-    bandwidth = run_child(sys.executable, ["--bandwidth", "--threads", str(args.threads)], args.threads)
+    bandwidth = run_child(sys.executable, ["--bandwidth", "--threads", str(args.threads)], args.threads,
+                          **ISA_ENVIRONMENT[args.isa])
     return max(bandwidth.values())
 
 
@@ -287,7 +313,9 @@ def measure(args, name):
         arguments = ["--child", name, "--model", args.model, "--threads", str(args.threads)]
         python = sys.executable
     arguments += ["--rounds", str(args.rounds)]
-    environment = {"CHATGLM_CPU_KERNELS": "0"} if name.endswith(TORCH_ONLY) else {}
+    environment = {} if name in CPP else dict(ISA_ENVIRONMENT[args.isa])
+    if name.endswith(TORCH_ONLY):
+        environment["CHATGLM_CPU_KERNELS"] = "0"
     return run_child(python, arguments + (["--load-only"] if args.load_only else []), args.threads, **environment)
 
 
@@ -326,6 +354,8 @@ def print_table(args, results):
             print(f"| {name} | {r['load_s']:.0f} | {r['weights_read_bytes'] / gb:.2f} | {resident / gb:.2f} "
                   f"| {peak / gb:.2f} | {peak / resident:.2f} |")
         return
+    paths = sorted({r["cpu_path"] for r in results.values() if "cpu_path" in r})
+    print(f"--isa {args.isa}: {'; '.join(paths) or 'chatglm.cpp only'}")
     print(f"{args.threads} threads, best of {args.passes} pass(es) of {args.rounds} decode round(s); read bandwidth = "
           "the best of torch's sum and the SIMD read over 2 GiB, the mean of its figures right before and right "
           "after the run whose decode @16 is shown")
@@ -356,6 +386,8 @@ def main():
     parser.add_argument("--passes", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3, help="decode rounds per run, alternating the contexts")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--isa", choices=list(ISA_ENVIRONMENT), default="native",
+                        help="run our configurations as on a CPU with this instruction set (see above)")
     parser.add_argument("--load-only", action="store_true", help="only load: load time, resident and peak memory")
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # measure one configuration in this process

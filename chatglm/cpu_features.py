@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import platform
+import threading
 
 import torch
 
@@ -77,3 +78,20 @@ def prompt_dtype(model_dtype):
     if model_dtype == torch.float32 or cpu_path() == "fp32":
         return torch.float32
     return torch.bfloat16
+
+# The largest weight expanded at once: ChatGLM-6B's largest block layer. A bigger one (the LM head) is
+# expanded a slice of rows at a time, or kept to the kernels.
+SCRATCH_MAX_VALUES = 16384 * 4096
+
+_scratch = threading.local()
+
+
+def scratch(rows, columns, dtype):
+    """A reusable [rows, columns] buffer of `dtype`, one per thread, into which prompts expand a weight to their
+    compute dtype: a fresh buffer of this size costs more in page faults than the conversion that fills it."""
+    size = rows * columns * dtype.itemsize
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.numel() < size:
+        _scratch.buffer = None  # let the old one go before the new one is allocated
+        buffer = _scratch.buffer = torch.empty(size, dtype=torch.uint8)
+    return buffer[:size].view(dtype).view(rows, columns)

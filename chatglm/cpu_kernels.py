@@ -644,31 +644,34 @@ void rotate_qk(void *x, const void *cos, const void *sin, int kind, int64_t toke
     }
 }
 
-/* The values of count bytes of an integer weight as bfloat16 (exact): INT8 one value a byte, INT4 two. */
+/* The values of count bytes of an integer weight, exactly, as T: INT8 one value a byte, INT4 two. */
 static inline uint16_t bf16_bits(float a) {
     uint32_t bits;
     memcpy(&bits, &a, 4);
     return bits >> 16;
 }
-static inline void expand_bf16(const int8_t *w, uint16_t *out, int64_t count, int int4) {
-    if (int4)
-        for (int64_t j = 0; j < count; j++)
-            out[2 * j] = bf16_bits(w[j] >> 4), out[2 * j + 1] = bf16_bits((int8_t)(w[j] << 4) >> 4);
-    else
-        for (int64_t j = 0; j < count; j++) out[j] = bf16_bits(w[j]);
+static inline float f32_value(float a) { return a; }
+#define EXPAND(NAME, T, CONVERT)                                                                         \
+static inline void NAME(const int8_t *w, T *out, int64_t count, int int4) {                             \
+    if (int4)                                                                                           \
+        for (int64_t j = 0; j < count; j++)                                                             \
+            out[2 * j] = CONVERT(w[j] >> 4), out[2 * j + 1] = CONVERT((int8_t)(w[j] << 4) >> 4);        \
+    else                                                                                                \
+        for (int64_t j = 0; j < count; j++) out[j] = CONVERT(w[j]);                                     \
+}                                                                                                       \
+/* The values of an integer weight in row tiles [N, W] bytes as T [N, K] (exact), in row order: the     \
+   weight that long prompts multiply with F.linear. */                                                  \
+void NAME##_tiles(const int8_t *w, T *out, int64_t N, int64_t W, int int4, int threads) {               \
+    const int64_t K = int4 ? 2 * W : W, per_byte = int4 ? 2 : 1;                                        \
+    _Pragma("omp parallel for schedule(static) num_threads(threads)")                                   \
+    for (int64_t t = 0; t < N / 4; t++)                                                                 \
+        for (int64_t b = 0; b < W; b += 64)                                                             \
+            for (int r = 0; r < 4; r++)                                                                 \
+                NAME(w + 4 * t * W + TILED(b, r), out + (4 * t + r) * K + b * per_byte, 64, int4);      \
+    for (int64_t n = N - N % 4; n < N; n++) NAME(w + n * W, out + n * K, W, int4);                      \
 }
-
-/* The values of an integer weight in row tiles [N, W] bytes as bfloat16 [N, K] (exact), in row order: the
-   weight that long prompts multiply with F.linear. */
-void expand_tiles_bf16(const int8_t *w, uint16_t *out, int64_t N, int64_t W, int int4, int threads) {
-    const int64_t K = int4 ? 2 * W : W, per_byte = int4 ? 2 : 1;
-    #pragma omp parallel for schedule(static) num_threads(threads)
-    for (int64_t t = 0; t < N / 4; t++)
-        for (int64_t b = 0; b < W; b += 64)
-            for (int r = 0; r < 4; r++)
-                expand_bf16(w + 4 * t * W + TILED(b, r), out + (4 * t + r) * K + b * per_byte, 64, int4);
-    for (int64_t n = N - N % 4; n < N; n++) expand_bf16(w + n * W, out + n * K, W, int4);
-}
+EXPAND(expand_bf16, uint16_t, bf16_bits)
+EXPAND(expand_f32, float, f32_value)
 
 /* One query per (batch, head) over L cached positions: out = softmax(scale * q.k_j) @ v, summed in float32.
    q is [batch, heads, D] with the given strides (a view of the fused projection's output), out [batch,
@@ -823,7 +826,8 @@ def library():
         getattr(lib, f"attend_{suffix}").argtypes = ([pointer, size, size] + [pointer] * 5 + [size] * 6
                                                      + [ctypes.c_float, integer])
     lib.rotate_qk.argtypes = [pointer, pointer, pointer, integer, size, size, size, integer, integer]
-    lib.expand_tiles_bf16.argtypes = [pointer, pointer, size, size, integer, integer]
+    for suffix in ("bf16", "f32"):
+        getattr(lib, f"expand_{suffix}_tiles").argtypes = [pointer, pointer, size, size, integer, integer]
     return lib
 
 
@@ -890,13 +894,16 @@ def matmul(x, weight, scale=None, int4=False, bias=None, round_before_bias=False
     return out.view(*x.shape[:-1], rows)
 
 
-def expand_bfloat16(tiles, out, int4=False):
-    """Fill ``out`` bfloat16 [N, K] with the signed values of an integer weight in row tiles: INT8 values
-    [N, K] or (``int4``) packed INT4 bytes [N, K / 2] (needs the kernels: check `library()`); returns ``out``."""
-    if tiles.numel() * (2 if int4 else 1) != out.numel() or out.dtype != torch.bfloat16 or not out.is_contiguous():
-        raise ValueError("out must be a contiguous bfloat16 tensor of the weight's values")
+def expand(tiles, out, int4=False):
+    """Fill ``out`` [N, K] (float32 or bfloat16) with the signed values of an integer weight in row tiles: INT8
+    values [N, K] or (``int4``) packed INT4 bytes [N, K / 2] (needs the kernels: check `library()`); returns
+    ``out``."""
+    if (tiles.numel() * (2 if int4 else 1) != out.numel() or out.dtype not in (torch.float32, torch.bfloat16)
+            or not out.is_contiguous()):
+        raise ValueError("out must be a contiguous float32 or bfloat16 tensor of the weight's values")
     tiles = tiles.contiguous()
-    library().expand_tiles_bf16(tiles.data_ptr(), out.data_ptr(), *tiles.shape, int4, torch.get_num_threads())
+    getattr(library(), f"expand_{SUFFIX[out.dtype]}_tiles")(tiles.data_ptr(), out.data_ptr(), *tiles.shape, int4,
+                                                            torch.get_num_threads())
     return out
 
 

@@ -7,12 +7,13 @@ two per byte with byte j = (w[2j] << 4) | (w[2j+1] & 0xF).
 On CPU, decoding steps (and prompts of up to 32 tokens for INT4, 16 for INT8) run the C kernels of
 cpu_kernels with float32 activations, whatever the model's dtype, the row scales applied inside. They read
 the integer bytes (INT4 at half a byte per weight) re-arranged in row tiles (`cpu_kernels.to_row_tiles`),
-once, at loading or quantizing (or at first use). Longer prompts expand the weight into a reusable bfloat16
-buffer and multiply it with `F.linear` (INT8 prompts of 17 to 31 tokens: the kernels 16 tokens at a time).
-Without the C kernels every layer runs torch's weight-only kernels with bfloat16 activations (with float32
-ones the same kernels are about 20x slower) and applies the fp16 row scales to their output; INT4 weights
-are then re-packed once into the layout of torch's CPU int4 kernel instead. Either way `state_dict()`
-writes the original layout. On other devices the weight is dequantized just in time.
+once, at loading or quantizing (or at first use). Longer prompts expand the weight into a reusable buffer
+and multiply it with `F.linear` (INT8 prompts of 17 to 31 tokens: the kernels 16 tokens at a time), in the
+dtype `cpu_features.prompt_dtype` chooses: float32, or bfloat16 on a CPU with bfloat16 dot products.
+Without the C kernels, short prompts and decoding steps run torch's weight-only kernels with bfloat16
+activations (with float32 ones the same kernels are many times slower) and apply the fp16 row scales to
+their output; INT4 weights are then re-packed once into the layout of torch's CPU int4 kernel instead.
+Either way `state_dict()` writes the original layout. On other devices the weight is dequantized just in time.
 """
 
 import functools
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_features import SCRATCH_MAX_VALUES, prompt_dtype, scratch
 from .cpu_kernels import (
-    expand_bfloat16,
+    expand,
     from_row_tiles,
     library,
     matmul,
@@ -37,13 +39,11 @@ from .cpu_kernels import (
 
 SUPPORTED_BITS = (4, 8)
 BLOCK_LINEARS = ("attention.query_key_value", "attention.dense", "mlp.dense_h_to_4h", "mlp.dense_4h_to_h")
-CPU_COMPUTE_DTYPE = torch.bfloat16
-# From this many tokens on, expanding the weight to bfloat16 and calling F.linear is faster on CPU than
-# the weight-only kernels (measured with benchmarks/quantized_kernels.py on the perf machine).
+# torch's weight-only kernels take bfloat16 activations: with float32 ones they are many times slower
+WEIGHT_ONLY_DTYPE = torch.bfloat16
+# From this many tokens on, expanding the weight and calling F.linear is faster on CPU than the weight-only
+# kernels (benchmarks/quantized_kernels.py shows where the two cross).
 DEQUANTIZED_MATMUL_MIN_TOKENS = {8: 32, 4: 128}
-# That bfloat16 copy lives in a reusable buffer; no bigger than ChatGLM-6B's largest block layer (134 MB),
-# so the LM head of quantized embeddings keeps to the kernels.
-SCRATCH_MAX_VALUES = 16384 * 4096
 KERNEL_ALIGNMENT = 64
 
 
@@ -198,14 +198,14 @@ def int4_kernel_group_size(in_features):
 def _unit_group_scales(in_features, out_features, group_size):
     """Scales 1 and zeros 0 [in / group, out, 2] for the int4 kernel: it then returns exact integer dot
     products (up to bfloat16 output rounding) and the fp16 row scales are applied afterwards."""
-    unit = torch.zeros(in_features // group_size, out_features, 2, dtype=CPU_COMPUTE_DTYPE)
+    unit = torch.zeros(in_features // group_size, out_features, 2, dtype=WEIGHT_ONLY_DTYPE)
     unit[..., 0] = 1
     return unit
 
 
 @functools.cache
-def _unit_row_scales(out_features):
-    return torch.ones(out_features, dtype=CPU_COMPUTE_DTYPE)
+def _unit_row_scales(out_features, dtype=WEIGHT_ONLY_DTYPE):
+    return torch.ones(out_features, dtype=dtype)
 
 
 def _is_aligned(t):
@@ -218,17 +218,7 @@ def _aligned(t):
     return t if _is_aligned(t) else t.clone(memory_format=torch.contiguous_format)
 
 
-_scratch = threading.local()
 _repack_lock = threading.Lock()
-
-
-def _bfloat16_scratch(rows, columns):
-    """A reusable [rows, columns] bfloat16 buffer, one per thread: a fresh buffer of this size costs
-    more in page faults than the conversion that fills it."""
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.numel() < rows * columns:
-        buffer = _scratch.buffer = torch.empty(rows * columns, dtype=CPU_COMPUTE_DTYPE)
-    return buffer[: rows * columns].view(rows, columns)
 
 
 class QuantizedWeight(nn.Module):
@@ -325,37 +315,38 @@ class QuantizedLinear(QuantizedWeight):
         self.to_cpu_kernel_layout()
         if takes_matmul(x, self.weight, int4=self.bits == 4):  # a decoding step (or a short prompt)
             return matmul(x, self.weight, self.weight_scale, int4=self.bits == 4, bias=bias, round_before_bias=True)
-        tokens = x.reshape(-1, self.in_features).to(CPU_COMPUTE_DTYPE)  # [tokens, in]
+        tokens = x.reshape(-1, self.in_features).to(prompt_dtype(x.dtype))  # [tokens, in]
         # one op: the product is computed in the wider of the two dtypes, then rounded to the model's
         out = (self.cpu_integer_matmul(tokens) * self.weight_scale).to(x.dtype)
         out = out.view(*x.shape[:-1], self.out_features)
         return out if bias is None else out + bias
 
     def cpu_integer_matmul(self, tokens):
-        """tokens [n, in] (bfloat16) times the integer weight, unscaled: [n, out] bfloat16."""
+        """tokens [n, in] (float32 or bfloat16) times the integer weight, unscaled: [n, out] in their dtype."""
         if self.in_cpu_kernel_layout and library() is not None:
             return self._row_tiles_matmul(tokens)
         if tokens.shape[0] >= DEQUANTIZED_MATMUL_MIN_TOKENS[self.bits] and self.fits_scratch:
-            return F.linear(tokens, self._integer_values_bfloat16())
-        tokens = _aligned(tokens)
+            return F.linear(tokens, self._integer_values(tokens.dtype))
+        tokens = _aligned(tokens.to(WEIGHT_ONLY_DTYPE))
         if self.bits == 8:
             if not _is_aligned(self.weight):  # e.g. a memory-mapped checkpoint: one copy, in place
                 self.weight.data = _aligned(self.weight)
             return torch._weight_int8pack_mm(tokens, self.weight, _unit_row_scales(self.out_features))
         if not self.in_cpu_kernel_layout:  # a shape or CPU the int4 kernel does not take
-            return F.linear(tokens, self._integer_values_bfloat16())
+            return F.linear(tokens, self._integer_values(tokens.dtype))
         group_size = int4_kernel_group_size(self.in_features)
         return torch.ops.aten._weight_int4pack_mm_for_cpu(
             tokens, self.weight, group_size, _unit_group_scales(self.in_features, self.out_features, group_size))
 
     def _row_tiles_matmul(self, tokens):
         """More tokens than the C kernels take at once (a prompt), with the weight in their row tiles: the
-        weight expanded to bfloat16 and F.linear, or the kernels a few tokens at a time, for INT8 prompts too
-        short to repay the expansion and for a weight too big for the scratch buffer (a quantized LM head)."""
+        weight expanded to the tokens' dtype and F.linear, or the kernels a few tokens at a time, for INT8
+        prompts too short to repay the expansion and for a weight too big for the scratch buffer (a quantized
+        LM head)."""
         int4 = self.bits == 4
         if self.fits_scratch and (int4 or tokens.shape[0] >= DEQUANTIZED_MATMUL_MIN_TOKENS[8]):
-            return F.linear(tokens, self._integer_values_bfloat16())
-        ones = _unit_row_scales(self.out_features)  # read by the kernels in bfloat16, as the products come out
+            return F.linear(tokens, self._integer_values(tokens.dtype))
+        ones = _unit_row_scales(self.out_features, tokens.dtype)  # the products come out in the tokens' dtype
         parts = tokens.split(most_tokens(self.weight.dtype, int4=int4))
         return torch.cat([matmul(part, self.weight, ones, int4=int4) for part in parts])
 
@@ -363,13 +354,14 @@ class QuantizedLinear(QuantizedWeight):
     def fits_scratch(self):
         return self.out_features * self.in_features <= SCRATCH_MAX_VALUES
 
-    def _integer_values_bfloat16(self):
-        """The integer weight [out, in] as bfloat16 (exact), in this thread's scratch buffer if it fits."""
+    def _integer_values(self, dtype):
+        """The integer weight [out, in] as `dtype` (float32 or bfloat16: exact), in this thread's scratch buffer
+        if it fits."""
         if not self.fits_scratch:
-            return self.integer_values().to(CPU_COMPUTE_DTYPE)
-        values = _bfloat16_scratch(self.out_features, self.in_features)
+            return self.integer_values().to(dtype)
+        values = scratch(self.out_features, self.in_features, dtype)
         if self.in_cpu_kernel_layout and library() is not None:  # row tiles
-            return expand_bfloat16(self.weight, values, int4=self.bits == 4)
+            return expand(self.weight, values, int4=self.bits == 4)
         layout = int4_cpu_layout()
         if not self.in_cpu_kernel_layout or self.out_features % layout.rows:
             return values.copy_(self.integer_values())

@@ -83,6 +83,7 @@ def test_benchmark_prints_the_perf_table_for_a_checkpoint(script_env, tmp_path):
                             capture_output=True, text=True, env=script_env, cwd=REPO_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best of 1 pass(es) of 2 decode round(s)" in result.stdout
+    assert "--isa native: torch " in result.stdout and ", prompts in " in result.stdout  # the path it took
     row = next(line for line in result.stdout.splitlines() if line.startswith("| int4 |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert all(float(cell.rstrip("%")) > 0 for cell in cells[1:])

@@ -188,12 +188,13 @@ def test_int4_matmul_keeps_an_outlier_to_its_group_and_propagates_nan():
 
 @pytest.mark.parametrize("rows", [96, 99])  # 99: three rows after the last tile
 @pytest.mark.parametrize("int4", [False, True])
-def test_integer_tiles_expand_to_their_exact_bfloat16_values(rows, int4):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_integer_tiles_expand_to_their_exact_values(rows, int4, dtype):
     low, high = (-8, 8) if int4 else (-128, 128)
     values = torch.randint(low, high, (rows, 256), generator=torch.Generator().manual_seed(3), dtype=torch.int8)
     tiles = cpu_kernels.to_row_tiles(pack_int4(values) if int4 else values.clone())
-    out = cpu_kernels.expand_bfloat16(tiles, torch.empty(rows, 256, dtype=torch.bfloat16), int4=int4)
-    assert torch.equal(out, values.to(torch.bfloat16))
+    out = cpu_kernels.expand(tiles, torch.empty(rows, 256, dtype=dtype), int4=int4)
+    assert torch.equal(out, values.to(dtype))
 
 
 @pytest.mark.parametrize("rows", [8, 11, 3001])  # 3001: tiles re-arranged over several steps
@@ -391,7 +392,7 @@ def test_the_builds_for_other_cpus_compute_the_same(march, tmp_path):
                                                 "test_a_batch_of_tokens_matmul_equals_the_float64_product",
                                                 "test_int8_matmul_applies_the_fp16_row_scales",
                                                 "test_int4_matmul_reads_row_tiles_and_applies_the_row_scales",
-                                                "test_integer_tiles_expand_to_their_exact_bfloat16_values",
+                                                "test_integer_tiles_expand_to_their_exact_values",
                                                 "test_outputs_and_bias_are_rounded_as_torch_rounds_them",
                                                 "test_one_query_attention_over_a_cache_buffer_view",
                                                 "test_rotary_kernel_gives_torchs_numbers_exactly")]

@@ -13,7 +13,7 @@ from conftest import tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModel
 
-from chatglm import ChatGLMForConditionalGeneration, cpu_kernels, quantization
+from chatglm import ChatGLMForConditionalGeneration, cpu_features, cpu_kernels, quantization
 from chatglm.quantization import (
     CANDIDATE_INT4_LAYOUTS,
     DEQUANTIZED_MATMUL_MIN_TOKENS,
@@ -149,7 +149,8 @@ def test_int4_decoding_and_short_prompts_run_the_c_kernel_in_any_dtype(dtype, ou
                                                                       monkeypatch):
     """The dispatch that issue 9 pins: whatever the model's dtype (`.float()` is the original README's CPU
     recipe), INT4 layers take the C kernel for up to `most_tokens` tokens, at every size, and nothing of
-    torch's; beyond, one bfloat16 product with the expanded weight. torch's int4 kernel never runs."""
+    torch's; beyond, one product with the expanded weight, in the dtype of this CPU's path. torch's int4
+    kernel never runs."""
     layer = layer_with_bias(4, out_features, in_features).to(dtype)
     most = cpu_kernels.most_tokens(torch.uint8, int4=True)
     for tokens in (1, 2, most):
@@ -162,18 +163,25 @@ def test_int4_decoding_and_short_prompts_run_the_c_kernel_in_any_dtype(dtype, ou
     monkeypatch.setattr(quantization, "matmul", counting)
     calls = recorded_ops(layer, torch.randn(1, most + 1, in_features, dtype=dtype))
     matmuls = [dtypes for op, dtypes in calls if op.startswith(TORCH_PRODUCTS)]
-    assert not counting.kinds and len(matmuls) == 1 and set(matmuls[0]) == {torch.bfloat16}, calls
+    assert not counting.kinds and len(matmuls) == 1 and set(matmuls[0]) == {cpu_features.prompt_dtype(dtype)}, calls
     assert not [op for op, _ in calls if op in WEIGHT_KERNELS.values()]
     assert layer.in_cpu_kernel_layout  # in the C kernels' row tiles
 
 
 @pytest.mark.parametrize("bits", [4, 8])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_cpu_forward_on_long_prompts_multiplies_in_bfloat16(bits, dtype, kernels):
+@pytest.mark.parametrize("path, expected", [("fp32", {}), ("bf16", {torch.float16: torch.bfloat16,
+                                                                    torch.bfloat16: torch.bfloat16})])
+def test_cpu_forward_on_long_prompts_multiplies_in_the_dtype_of_the_cpu_path(bits, dtype, path, expected, kernels,
+                                                                           monkeypatch):
+    """float32 where the CPU emulates bfloat16 products, and for a float32 model everywhere (exact for the
+    integer weights, as the original's CPU path); bfloat16 for a half-precision model where the CPU has
+    bfloat16 dot products."""
+    monkeypatch.setattr(cpu_features, "cpu_path", lambda: path)
     layer = layer_with_bias(bits).to(dtype)
     calls = recorded_ops(layer, torch.randn(1, DEQUANTIZED_MATMUL_MIN_TOKENS[bits], 256, dtype=dtype))
     matmuls = [dtypes for op, dtypes in calls if op.startswith(("aten.mm", "aten.addmm"))]
-    assert len(matmuls) == 1 and set(matmuls[0]) == {torch.bfloat16}, calls
+    assert len(matmuls) == 1 and set(matmuls[0]) == {expected.get(dtype, torch.float32)}, calls
     assert not [op for op, _ in calls if op in WEIGHT_KERNELS.values()]
 
 
