@@ -161,7 +161,7 @@ def apply_lora(model, paths, merge=True):
                         "or merge into the full-precision model and quantize after")
     names = []
     for index, path in enumerate(map(str, paths)):
-        check_adapter(model, path)
+        check_adapter(model.get_base_model() if index else model, path)
         config = _with_quantized_layers(peft.LoraConfig.from_pretrained(path))
         config.inference_mode = True
         name = f"adapter{index}"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_optional_installs import require
-from test_ptuning_train import PTUNING, adgen_args, read_json, run_main
+from test_ptuning_train import ADGEN, PTUNING, SHORT, adgen_args, read_json, run_main, script_env
 
 from chatglm.errors import UserError
 from chatglm.quantization import QuantizedLinear
@@ -23,14 +23,16 @@ QUERY = "类型#裙*颜色#红色"
 
 @pytest.fixture(scope="module")
 def lora_run(door_checkpoint, tmp_path_factory):
-    """One LoRA run on the demo model (2 layers' kinds targeted, 4 steps) with a prediction at the end."""
+    """One LoRA run of train_lora.sh on the demo model (two kinds of layers targeted, 4 steps)."""
     require("peft")
     out = tmp_path_factory.mktemp("lora") / "run"
-    run_main(adgen_args(door_checkpoint, out, "--do_train", "--do_predict", "--lora_rank", "4",
-                        "--lora_target", "query_key_value,dense_h_to_4h", "--max_steps", "4", "--save_steps", "4",
-                        "--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--max_train_samples", "8",
-                        "--max_predict_samples", "2", "--per_device_eval_batch_size", "2",
-                        "--predict_with_generate"))
+    env = script_env({"MODEL": door_checkpoint, "TRAIN_FILE": ADGEN / "train.json", "OUTPUT_DIR": out,
+                      "LORA_RANK": 4, "LORA_TARGET": "query_key_value,dense_h_to_4h", "LR": "1e-2", "MAX_STEPS": 4,
+                      "SAVE_STEPS": 4, "QUANTIZATION_BIT": "", "BATCH_SIZE": 2, "GRAD_ACCUM": 1,
+                      "CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run(["bash", str(PTUNING / "train_lora.sh"), *SHORT, "--max_train_samples", "8"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, out / "checkpoint-4"
 
 
@@ -59,7 +61,18 @@ def test_adapter_saved_in_peft_layout(lora_run, door_checkpoint):
     assert any(".lora_B." in key and value.abs().sum() > 0 for key, value in state.items())  # it trained
     base_size = (Path(door_checkpoint) / "model.safetensors").stat().st_size
     assert (ck / "adapter_model.safetensors").stat().st_size < 0.02 * base_size
-    assert len((out / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_evaluate_script_applies_adapter_live_on_int4(lora_run, door_checkpoint):
+    out, ck = lora_run
+    env = script_env({"MODEL": door_checkpoint, "CHECKPOINT_DIR": ck, "OUTPUT_DIR": out / "eval",
+                      "TEST_FILE": ADGEN / "dev.json", "QUANTIZATION_BIT": 4, "EVAL_BATCH_SIZE": 2,
+                      "CUDA_VISIBLE_DEVICES": ""})
+    proc = subprocess.run(["bash", str(PTUNING / "evaluate_lora.sh"), *SHORT, "--max_predict_samples", "2"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "predict_rouge-l" in read_json(out / "eval" / "predict_results.json")
+    assert len((out / "eval" / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 2
 
 
 def test_plain_peft_merged_and_live_answer_alike(lora_run, door_checkpoint, tmp_path):
@@ -144,12 +157,13 @@ def test_adapters_that_do_not_fit(lora_run, door_checkpoint, tiny_checkpoint, tm
     add_lora(load(tiny_checkpoint), 4).save_pretrained(str(other))
     line = one_error_line(run_script("cli_demo.py", "--model", door_checkpoint, "--device", "cpu", "--lora", other))
     assert "made for another base model" in line
-    line = one_error_line(run_script("cli_demo.py", "--model", door_checkpoint, "--device", "cpu",
-                                     "--lora", tmp_path / "missing"))
-    assert "no such folder" in line
-    line = one_error_line(run_script("api.py", "--model", door_checkpoint, "--device", "cpu",
-                                     "--lora", PTUNING))  # a folder, but no adapter
-    assert "not a LoRA adapter folder" in line
+    from chatglm.loader import load_model_and_tokenizer
+    from chatglm.lora import LoraError, check_adapter
+
+    with pytest.raises(LoraError, match="no such folder"):
+        load_model_and_tokenizer(model=door_checkpoint, device="cpu", lora=[str(tmp_path / "missing")])
+    with pytest.raises(LoraError, match="not a LoRA adapter folder"):
+        load_model_and_tokenizer(model=door_checkpoint, device="cpu", lora=[str(PTUNING)])
     # merge_lora.py with a bad adapter leaves no output folder
     out = tmp_path / "merged-bad"
     line = one_error_line(run_script(PTUNING / "merge_lora.py", "--model", door_checkpoint, "--lora", other,
@@ -158,8 +172,6 @@ def test_adapters_that_do_not_fit(lora_run, door_checkpoint, tiny_checkpoint, tm
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".merging")] == []
     # an adapter with a layer the model lacks
     config = json.loads((ck / "adapter_config.json").read_text())
-    from chatglm.lora import LoraError, check_adapter
-
     renamed = tmp_path / "renamed"
     renamed.mkdir()
     (renamed / "adapter_config.json").write_text(json.dumps(config))
@@ -184,3 +196,13 @@ def test_flags_that_do_not_fit(door_checkpoint, tmp_path):
         run_main(adgen_args(door_checkpoint, out, "--do_train", "--lora_rank", "4", "--lora_target", "dense_x",
                             "--max_steps", "1"))
     assert not out.exists()
+
+
+@pytest.mark.parametrize("script", ["cli_demo", "web_demo", "api"])
+def test_front_doors_take_lora_flags(script):
+    import importlib
+
+    parser = importlib.import_module(script).build_parser()
+    args = parser.parse_args(["--lora", "a", "b", "--lora", "c", "--lora-live"])
+    assert args.lora == ["a", "b", "c"] and args.lora_live
+    assert parser.parse_args([]).lora == []

@@ -338,6 +338,14 @@ def test_script_defaults_are_the_originals(tmp_path):
     assert f["--ptuning_checkpoint"] == str(PTUNING / "output" / "adgen-chatglm-6b-pt-128-2e-2" / "checkpoint-3000")
     assert f["--test_file"] == str(PTUNING / "AdvertiseGen" / "dev.json")
 
+    rec, f = stub_run(tmp_path, "train_lora.sh")
+    assert f["--lora_rank"] == "8" and f["--lora_target"] == "query_key_value" and f["--learning_rate"] == "2e-4"
+    assert "--pre_seq_len" not in f and f["--quantization_bit"] == "4" and f["--max_steps"] == "3000"
+    assert f["--output_dir"] == str(PTUNING / "output" / "adgen-chatglm-6b-lora-8-2e-4")
+    rec, f = stub_run(tmp_path, "evaluate_lora.sh")
+    assert f["--lora_checkpoint"] == str(PTUNING / "output" / "adgen-chatglm-6b-lora-8-2e-4" / "checkpoint-3000")
+    assert "--pre_seq_len" not in f and "--ptuning_checkpoint" not in f and f["--do_predict"] is True
+
     rec, f = stub_run(tmp_path, "train_chat.sh")
     assert f["--history_column"] == "history" and f["--learning_rate"] == "1e-2"
     assert f["--max_source_length"] == "256" and f["--max_target_length"] == "256"
