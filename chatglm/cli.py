@@ -62,6 +62,13 @@ def add_model_args(parser):
     group.add_argument(
         "--num-gpus", type=bounded(int, 1), default=1, metavar="N",
         help="split the model over N GPUs (default: 1)")
+    group.add_argument(
+        "--lora", nargs="+", action="extend", default=[], metavar="PATH",
+        help="LoRA adapter folder(s) to apply (as ptuning/main.py --lora_rank saves them); several are applied "
+             "together. Merged into the weights, or applied live with --quantize or --lora-live")
+    group.add_argument(
+        "--lora-live", action="store_true",
+        help="keep the --lora adapters as separate layers instead of merging them (slower; the base unchanged)")
     return parser
 
 

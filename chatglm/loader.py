@@ -71,10 +71,12 @@ def load_model_and_tokenizer(args=None, **overrides):
     """Load ``(tokenizer, model)`` as the model flags say; the model is in eval mode.
 
     ``args`` may be an ``argparse.Namespace``, a dict, or omitted; keyword overrides win
-    (``model=``, ``device=``, ``dtype=``, ``quantize=``, ``num_gpus=``). Raises ``ModelLoadError``
+    (``model=``, ``device=``, ``dtype=``, ``quantize=``, ``num_gpus=``, ``lora=[paths]``, ``lora_live=``). Raises
+    ``ModelLoadError`` (``LoraError`` for an adapter that does not fit)
     with a one-line explanation for anything the user has to fix.
     """
-    settings = {"model": None, "device": "auto", "dtype": "auto", "quantize": None, "num_gpus": 1}
+    settings = {"model": None, "device": "auto", "dtype": "auto", "quantize": None, "num_gpus": 1, "lora": None,
+                "lora_live": False}
     if isinstance(args, argparse.Namespace):
         args = vars(args)
     settings.update((key, value) for key, value in dict(args or {}, **overrides).items() if key in settings)
@@ -125,6 +127,21 @@ def load_model_and_tokenizer(args=None, **overrides):
     except LOAD_ERRORS as exc:
         raise explain_failure(path, is_local, exc) from None
 
+    if settings["lora"]:
+        model = _with_adapters(model, settings["lora"], live=settings["lora_live"])
     model.eval()
     log(f"Loaded in {time.time() - started:.1f}s.")
     return tokenizer, model
+
+
+def _with_adapters(model, paths, live):
+    from .lora import apply_lora
+
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    quantized = int(model.config.quantization_bit or 0)
+    if quantized and not live:
+        log(f"note: the model is int{quantized}; the LoRA adapters are applied live (merging needs the "
+            "full-precision weights)")
+    log(f"Applying LoRA adapter(s) {', '.join(map(str, paths))} "
+        + ("live" if live or quantized else "merged into the weights") + " ...")
+    return apply_lora(model, paths, merge=not (live or quantized))

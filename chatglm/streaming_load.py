@@ -34,7 +34,10 @@ STREAMING_OPTIONS = {"config", "dtype", "torch_dtype", "quantization_bit", "loca
 
 
 def can_stream(args, kwargs):
-    return not args and set(kwargs) <= STREAMING_OPTIONS and not kwargs.get("adapter_kwargs")
+    # With peft installed, the Auto classes always pass adapter_kwargs (at least the revision); it asks for
+    # an adapter only when it names one (_adapter_model_path), and only then is transformers' loader needed.
+    adapter = (kwargs.get("adapter_kwargs") or {}).get("_adapter_model_path")
+    return not args and set(kwargs) <= STREAMING_OPTIONS and not adapter
 
 
 def load_streaming(model_class, path, config=None, dtype="auto", torch_dtype=None, quantization_bit=None,
@@ -46,6 +49,7 @@ def load_streaming(model_class, path, config=None, dtype="auto", torch_dtype=Non
         quantized (`-int4`/`-int8`) loads as it is.
     quantize_embeddings: quantize the embeddings (and the LM head tied to them) as well.
     """
+    hub_options.pop("adapter_kwargs", None)  # names no adapter here (see can_stream)
     folder = _local_folder(path, hub_options)
     if config is None or isinstance(config, (str, os.PathLike)):
         config = model_class.config_class.from_pretrained(config or folder, **_config_options(hub_options))

@@ -60,6 +60,24 @@ class ModelArguments:
         default=False,
         metadata={"help": "Encode the prefix through a 2-layer MLP (more parameters) instead of a plain embedding."},
     )
+    lora_rank: int | None = field(
+        default=None,
+        metadata={"help": "LoRA: train a rank-R adapter on --lora_target (the base stays frozen, quantized with "
+                          "--quantization_bit); checkpoints hold only the adapter, in peft's layout."},
+    )
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA scaling numerator (update scaled by alpha / rank); default 2 x rank."}
+    )
+    lora_dropout: float = field(default=0.1, metadata={"help": "Dropout on the LoRA branch's input in training."})
+    lora_target: str = field(
+        default="query_key_value",
+        metadata={"help": "Layers that get an adapter, by name; a comma list such as query_key_value,dense_h_to_4h."},
+    )
+    lora_checkpoint: str | None = field(
+        default=None,
+        metadata={"help": "Folder of a trained LoRA adapter (checkpoint-N of a --lora_rank run) to evaluate or "
+                          "predict with, applied on top of --model_name_or_path."},
+    )
 
 
 @dataclass

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Full fine-tuning of every weight with DeepSpeed ZeRO stage 2 (deepspeed.json), fp16, 4 GPUs.
-# Needs `pip install deepspeed` and GPUs. Environment overrides (relative paths are taken from the directory
-# you call from): MODEL TRAIN_FILE TEST_FILE OUTPUT_DIR LR MAX_STEPS SAVE_STEPS NUM_GPUS BATCH_SIZE.
-# Without DeepSpeed, the same run with torchrun (CPU: add --use_cpu --ddp_backend gloo, drop --fp16):
-#   torchrun --nproc_per_node 2 ptuning/main.py --do_train ... (see ptuning/README.md)
+# Full fine-tuning of every weight with DeepSpeed, 4 processes (GPUs, or CPU processes over gloo where there is
+# no GPU). Needs `pip install -e ".[deepspeed]"`. Environment overrides (relative paths are taken from the
+# directory you call from): MODEL TRAIN_FILE TEST_FILE OUTPUT_DIR LR MAX_STEPS SAVE_STEPS NUM_GPUS BATCH_SIZE
+#   DS_CONFIG   deepspeed.json (ZeRO-2, the default) or deepspeed_zero3.json (ZeRO-3: parameters sharded too)
+#   PRECISION   fp16, bf16 or fp32; by default fp16 on GPUs (as the original), bf16 on CPUs that compute it
+#               natively, else fp32 (DeepSpeed refuses fp16 on CPUs)
+#   HOSTFILE    several machines: a DeepSpeed hostfile ("host slots=N" per line; see ptuning/README.md)
+# Extra arguments go to main.py, e.g. --lora_rank 8 or --pre_seq_len 128 (LoRA / P-Tuning v2 under DeepSpeed).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 
@@ -12,11 +15,21 @@ MODEL=$(abs "${MODEL:-THUDM/chatglm-6b}")
 TRAIN_FILE=$(abs "${TRAIN_FILE:-$here/AdvertiseGen/train.json}")
 TEST_FILE=$(abs "${TEST_FILE:-$here/AdvertiseGen/dev.json}")
 OUTPUT_DIR=$(out_dir "${OUTPUT_DIR:-$here/output/adgen-chatglm-6b-ft-$LR}")
+DS_CONFIG=$(abs "${DS_CONFIG:-$here/deepspeed.json}")
 MASTER_PORT=${MASTER_PORT:-$(shuf -n 1 -i 10000-65535)}
+PRECISION=${PRECISION:-$(python3 -c 'import torch
+print("fp16" if torch.cuda.is_available() else "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32")')}
+case "$PRECISION" in
+    fp16|bf16) precision_flag=(--"$PRECISION") ;;
+    fp32|"") precision_flag=() ;;
+    *) echo "error: PRECISION must be fp16, bf16 or fp32, not '$PRECISION'" >&2; exit 2 ;;
+esac
+launcher=(--num_gpus="${NUM_GPUS:-4}")
+if [ -n "${HOSTFILE:-}" ]; then launcher=(--hostfile "$(abs "$HOSTFILE")"); fi
 
 cd "$here"
-deepspeed --num_gpus="${NUM_GPUS:-4}" --master_port "$MASTER_PORT" main.py \
-    --deepspeed deepspeed.json \
+deepspeed "${launcher[@]}" --master_port "$MASTER_PORT" main.py \
+    --deepspeed "$DS_CONFIG" \
     --do_train \
     --train_file "$TRAIN_FILE" \
     --test_file "$TEST_FILE" \
@@ -36,5 +49,5 @@ deepspeed --num_gpus="${NUM_GPUS:-4}" --master_port "$MASTER_PORT" main.py \
     --logging_steps 10 \
     --save_steps "${SAVE_STEPS:-1000}" \
     --learning_rate "$LR" \
-    --fp16 \
+    ${precision_flag[@]+"${precision_flag[@]}"} \
     "$@"

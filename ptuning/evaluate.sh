@@ -8,7 +8,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 
-PRE_SEQ_LEN=${PRE_SEQ_LEN:-128}
+PRE_SEQ_LEN=${PRE_SEQ_LEN-128}  # empty: no prefix (evaluate_lora.sh)
 CHECKPOINT=${CHECKPOINT:-adgen-chatglm-6b-pt-128-2e-2}
 STEP=${STEP:-3000}
 MODEL=$(abs "${MODEL:-THUDM/chatglm-6b}")
@@ -26,13 +26,13 @@ CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} python3 main.py \
     --prompt_column content \
     --response_column summary \
     --model_name_or_path "$MODEL" \
-    --ptuning_checkpoint "$CHECKPOINT_DIR" \
+    "${CHECKPOINT_FLAG:---ptuning_checkpoint}" "$CHECKPOINT_DIR" \
     --output_dir "$OUTPUT_DIR" \
     --overwrite_output_dir \
     --max_source_length "${MAX_SOURCE_LENGTH:-64}" \
     --max_target_length "${MAX_TARGET_LENGTH:-64}" \
     --per_device_eval_batch_size "${EVAL_BATCH_SIZE:-1}" \
     --predict_with_generate \
-    --pre_seq_len "$PRE_SEQ_LEN" \
+    ${PRE_SEQ_LEN:+--pre_seq_len "$PRE_SEQ_LEN"} \
     ${QUANTIZATION_BIT:+--quantization_bit "$QUANTIZATION_BIT"} \
     "$@"

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Fine-tune ChatGLM-6B with P-Tuning v2 (--pre_seq_len) or fully, evaluate and predict.
+"""Fine-tune ChatGLM-6B with P-Tuning v2 (--pre_seq_len), LoRA (--lora_rank) or fully, evaluate and predict.
 
     python3 ptuning/main.py --do_train --train_file AdvertiseGen/train.json --prompt_column content \\
         --response_column summary --model_name_or_path THUDM/chatglm-6b --output_dir output/x \\
@@ -23,6 +23,7 @@ from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 from chatglm.cli import run_script
 from chatglm.errors import UserError
 from chatglm.generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
+from chatglm.lora import add_lora, apply_lora
 from ptuning.arguments import DataTrainingArguments, ModelArguments
 from ptuning.data_utils import ChatGLMCollator, make_preprocessors, print_dataset_example, read_data_file
 from ptuning.metrics import decode_ids, make_compute_metrics
@@ -63,8 +64,44 @@ def parse_args(argv=None):
             raw.pop(flag[2:], None)
         if "no_cuda" in raw:
             raw["use_cpu"] = raw.pop("no_cuda")
+        if raw.get("deepspeed") and _set_up_deepspeed_on_cpu():
+            raw["accelerator_config"] = {**raw.get("accelerator_config", {}), "use_configured_state": True}
         return parser.parse_dict(raw)
-    return parser.parse_args_into_dataclasses(args=_compat_argv(argv))
+    argv = _compat_argv(argv)
+    if any(arg.partition("=")[0] == "--deepspeed" for arg in argv) and _set_up_deepspeed_on_cpu():
+        if any(arg.partition("=")[0] == "--accelerator_config" for arg in argv):
+            raise UserError("--accelerator_config cannot be combined with --deepspeed on CPU here")
+        argv += ["--accelerator_config", json.dumps({"use_configured_state": True})]
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def _set_up_deepspeed_on_cpu():
+    """Under the deepspeed launcher on a machine without CUDA, set up the processes' distributed state (gloo)
+    before transformers does; returns whether it did. Left to itself, accelerate finds no distributed backend
+    for the CPU and records every process as rank 0 of 1 (while DeepSpeed itself runs over gloo), so each
+    process would read the whole data set and every rank log as rank 0."""
+    if "LOCAL_RANK" not in os.environ or torch.cuda.is_available():
+        return False
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # how accelerate is told that DeepSpeed runs the processes
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return True
+
+
+def check_model_flags(model_args, training_args):
+    """Flags that cannot work together fail here, before anything is loaded or written."""
+    if model_args.lora_rank is not None and model_args.pre_seq_len is not None:
+        raise UserError("--lora_rank and --pre_seq_len are two ways of tuning; pass one of them")
+    if model_args.lora_checkpoint and (model_args.lora_rank is not None or model_args.pre_seq_len is not None):
+        raise UserError("--lora_checkpoint evaluates a trained adapter; to train on from one use "
+                        "--resume_from_checkpoint")
+    if training_args.fp16 and training_args.device.type == "cpu":
+        raise UserError("--fp16 needs a GPU; on CPU train in float32 (drop --fp16) or, where the CPU has "
+                        "bfloat16, with --bf16")
 
 
 def load_raw_datasets(data_args, model_args, training_args):
@@ -104,6 +141,7 @@ def load_raw_datasets(data_args, model_args, training_args):
 
 def main(argv=None):
     model_args, data_args, training_args = parse_args(argv)
+    check_model_flags(model_args, training_args)
 
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
                         datefmt="%m/%d/%Y %H:%M:%S", handlers=[logging.StreamHandler(sys.stdout)])
@@ -115,7 +153,8 @@ def main(argv=None):
     transformers.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.enable_default_handler()
     transformers.utils.logging.enable_explicit_format()
-    logger.warning(f"Process rank: {training_args.local_process_index}, device: {training_args.device}, "
+    logger.warning(f"Process rank: {training_args.process_index} of {training_args.world_size} (local rank "
+                   f"{training_args.local_process_index}), device: {training_args.device}, "
                    f"n_gpu: {training_args.n_gpu}, distributed: {training_args.parallel_mode.value == 'distributed'}, "
                    f"fp16: {training_args.fp16}")
     logger.info(f"Training/evaluation parameters {training_args}")
@@ -129,10 +168,20 @@ def main(argv=None):
     config, tokenizer, model = load_for_ptuning(
         model_args, dtype=torch.float32, cache_dir=model_args.cache_dir,
         token=True if model_args.use_auth_token else None, revision=model_args.model_revision)
+    lora = model_args.lora_rank is not None
     if training_args.device.type == "cuda" and model_args.pre_seq_len is not None:
         model = half_with_fp32_prefix(model)
+    elif training_args.device.type == "cuda" and lora:
+        # the frozen base in half precision; peft keeps the adapter in float32
+        model = model.to(torch.bfloat16 if training_args.bf16 else torch.float16)
     else:
         model = model.float()  # full fine-tuning, and on CPU, where fp16 training is not sensible
+    if model_args.lora_checkpoint:
+        quantized = bool(model_args.quantization_bit)
+        model = apply_lora(model, [model_args.lora_checkpoint], merge=not quantized)
+    if lora:
+        model = add_lora(model, model_args.lora_rank, model_args.lora_alpha, model_args.lora_dropout,
+                         model_args.lora_target)
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     n_all = sum(p.numel() for p in model.parameters())
     logger.info("Trainable parameters: %d of %d (%.4f%%)", n_train, n_all, 100.0 * n_train / max(n_all, 1))

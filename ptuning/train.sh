@@ -8,7 +8,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/paths.sh"
 
-PRE_SEQ_LEN=${PRE_SEQ_LEN:-128}
+PRE_SEQ_LEN=${PRE_SEQ_LEN-128}  # empty: no prefix (train_lora.sh)
 LR=${LR:-2e-2}
 MODEL=$(abs "${MODEL:-THUDM/chatglm-6b}")
 TRAIN_FILE=$(abs "${TRAIN_FILE:-$here/AdvertiseGen/train.json}")
@@ -37,6 +37,6 @@ CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} python3 main.py \
     --logging_steps 10 \
     --save_steps "${SAVE_STEPS:-1000}" \
     --learning_rate "$LR" \
-    --pre_seq_len "$PRE_SEQ_LEN" \
+    ${PRE_SEQ_LEN:+--pre_seq_len "$PRE_SEQ_LEN"} \
     ${QUANTIZATION_BIT:+--quantization_bit "$QUANTIZATION_BIT"} \
     "$@"

@@ -6,8 +6,8 @@
     python3 ptuning/web_demo.py --model_name_or_path chatglm-demo --ptuning_checkpoint DIR --device cpu --port 7861
 
 Model flags are those of ptuning/main.py (ModelArguments: --model_name_or_path, --ptuning_checkpoint,
---pre_seq_len, --prefix_projection, --quantization_bit); --pre_seq_len may be left out (it is read from the
-checkpoint). The page is the one of the top-level web_demo.py (chatglm.webui.build_demo).
+--pre_seq_len, --prefix_projection, --quantization_bit, --lora_checkpoint); --pre_seq_len may be left out (it is
+read from the checkpoint). The page is the one of the top-level web_demo.py (chatglm.webui.build_demo).
 """
 
 from dataclasses import dataclass, field
@@ -27,13 +27,18 @@ class ServerArguments:
 
 
 def load_model(model_args, device="cpu"):
-    """(tokenizer, model) for chatting: base model + prefix checkpoint, optionally quantized, on `device`.
+    """(tokenizer, model) for chatting: base model + prefix checkpoint (or LoRA adapter, --lora_checkpoint),
+    optionally quantized, on `device`.
     On CUDA half precision with the prefix encoder in fp32 (as the original); on CPU fp32."""
     import torch
 
     from ptuning.prefix import half_with_fp32_prefix, load_for_ptuning
 
     _, tokenizer, model = load_for_ptuning(model_args, dtype=torch.float32)
+    if getattr(model_args, "lora_checkpoint", None):
+        from chatglm.lora import apply_lora
+
+        model = apply_lora(model, [model_args.lora_checkpoint], merge=not model_args.quantization_bit)
     if str(device) != "cpu":
         model = half_with_fp32_prefix(model)
     model = model.to(device).eval()
