@@ -11,7 +11,7 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # folder works on its own
 CODE_FILES = ("configuration_chatglm.py", "tokenization_chatglm.py", "modeling_chatglm.py", "generation.py",
               "positions.py", "quantization.py", "cpu_features.py", "cpu_kernels.py", "cpu_kernels.c",
-              "streaming_load.py", "checkpoint_reader.py", "huge_pages.py")
+              "torch_fallback.py", "streaming_load.py", "checkpoint_reader.py", "huge_pages.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_chatglm.ChatGLMConfig",
     "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",
