@@ -2,8 +2,10 @@
 
 For each width (INT8, INT4) and token count: what the layer runs (`layer(x)`: the C kernel of
 chatglm/cpu_kernels.py for decoding steps and short prompts, else torch's weight-only kernel or the
-integer weight expanded to bfloat16 + F.linear), and beside it torch's weight-only kernel with bfloat16
-activations and the expanded weight + F.linear, timed alone. The crossing of the last two decides
+integer weight expanded + F.linear), and beside it torch's weight-only kernel with bfloat16 activations and
+the weight expanded to bfloat16 and to float32 + F.linear, timed alone: the faster of the last two is the
+prompt path this CPU should take (chatglm/cpu_features.py: float32 without bfloat16 dot products; the
+header shows the choice). The crossing of the weight-only kernel and the expanded weight decides
 `DEQUANTIZED_MATMUL_MIN_TOKENS` in chatglm/quantization.py; `cpu_kernels.MOST_TOKENS` where the C kernel
 stops. Eight copies of the weight are used in turn, so that none stays in the L3 cache. They are in 2 MB
 pages, as a loaded model's weights are (chatglm/huge_pages.py); --pages 4k keeps them in 4 KB pages.
@@ -21,7 +23,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from chatglm import cpu_kernels, huge_pages, quantization
+from chatglm import cpu_features, cpu_kernels, huge_pages, quantization, torch_fallback
 from chatglm.quantization import QuantizedLinear
 
 COPIES = 8
@@ -48,7 +50,8 @@ def run_layer(x, layer):
 
 
 def expanded_linear(x, layer):
-    return F.linear(x, layer._integer_values_bfloat16())
+    """The integer weight expanded to x's dtype (float32 or bfloat16) and F.linear: a prompt's product."""
+    return F.linear(x, layer._integer_values(x.dtype))
 
 
 def path_taken(layer, tokens):
@@ -57,9 +60,9 @@ def path_taken(layer, tokens):
         return "C kernel"
     if layer.in_cpu_kernel_layout and cpu_kernels.library() is not None:  # row tiles
         if layer.bits == 4 or tokens >= quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[8]:
-            return "bf16 weight + F.linear"
+            return "expanded weight + F.linear"
         return f"C kernel, {cpu_kernels.most_tokens(layer.weight.dtype)} tokens at a time"
-    return "bf16 weight + F.linear" if tokens >= quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[layer.bits] else \
+    return "expanded weight + F.linear" if tokens >= quantization.DEQUANTIZED_MATMUL_MIN_TOKENS[layer.bits] else \
         "torch kernel"
 
 
@@ -67,12 +70,12 @@ def torch_kernel(bits, layers):
     """torch's weight-only kernel on each layer's integers (INT4 re-packed into its layout), unscaled."""
     if bits == 8:
         original = {id(layer): layer.original_weight() for layer in layers}
-        return lambda x, layer: torch._weight_int8pack_mm(x, original[id(layer)], quantization._unit_row_scales(
+        return lambda x, layer: torch._weight_int8pack_mm(x, original[id(layer)], torch_fallback.unit_row_scales(
             layer.out_features))
-    layout = quantization.int4_cpu_layout()
-    packed = {id(layer): quantization.to_int4_cpu_layout(layer.original_weight(), layout) for layer in layers}
-    group = quantization.int4_kernel_group_size(layers[0].in_features)
-    scales = quantization._unit_group_scales(layers[0].in_features, layers[0].out_features, group)
+    layout = torch_fallback.int4_cpu_layout()
+    packed = {id(layer): torch_fallback.to_int4_cpu_layout(layer.original_weight(), layout) for layer in layers}
+    group = torch_fallback.int4_kernel_group_size(layers[0].in_features)
+    scales = torch_fallback._unit_group_scales(layers[0].in_features, layers[0].out_features, group)
     return lambda x, layer: torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed[id(layer)], group, scales)
 
 
@@ -90,9 +93,10 @@ def main():
 
     print(f"one {out_features}x{in_features} layer, {args.threads} threads, best of {args.repeats}, ms; "
           f"C kernels: {'built' if cpu_kernels.library() is not None else 'not available'}; weights in "
-          f"{'2 MB pages where the system allows' if args.pages == '2m' else '4 KB pages'}")
-    print("| bits | tokens | layer(x) | path | torch kernel, bf16 | bf16 weight + F.linear |")
-    print("|---|---|---|---|---|---|")
+          f"{'2 MB pages where the system allows' if args.pages == '2m' else '4 KB pages'}; "
+          f"x bfloat16; prompts in {cpu_features.cpu_path()} (torch {torch.backends.cpu.get_cpu_capability()})")
+    print("| bits | tokens | layer(x) | path | torch kernel, bf16 | bf16 weight + F.linear | fp32 weight + F.linear |")
+    print("|---|---|---|---|---|---|---|")
     for bits in (8, 4):
         layers = [QuantizedLinear.from_weight(weight + 1e-3 * i, bits) for i in range(COPIES)]
         for layer in layers:
@@ -103,10 +107,12 @@ def main():
         for tokens in (int(t) for t in args.tokens.split(",")):
             x = torch.randn(tokens, in_features, dtype=torch.bfloat16)
             with torch.no_grad():
-                layer_ms, torch_ms, linear_ms = (best_ms_over(layers, partial(function, x), args.repeats)
-                                                 for function in (run_layer, kernel, expanded_linear))
+                layer_ms, torch_ms, bf16_ms, fp32_ms = (
+                    best_ms_over(layers, partial(function, inputs), args.repeats)
+                    for function, inputs in ((run_layer, x), (kernel, x), (expanded_linear, x),
+                                             (expanded_linear, x.float())))
             print(f"| {bits} | {tokens} | {layer_ms:.2f} | {path_taken(layers[0], tokens)} | {torch_ms:.2f} | "
-                  f"{linear_ms:.2f} |", flush=True)
+                  f"{bf16_ms:.2f} | {fp32_ms:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

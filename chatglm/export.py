@@ -7,10 +7,11 @@ import shutil
 from safetensors.torch import load_file, save_file
 
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
-# every module the model and tokenizer import (relative imports), so the folder works on its own
+# every module the model and tokenizer import (relative imports), and the C source of the CPU kernels, so the
+# folder works on its own
 CODE_FILES = ("configuration_chatglm.py", "tokenization_chatglm.py", "modeling_chatglm.py", "generation.py",
-              "positions.py", "quantization.py", "cpu_features.py", "cpu_kernels.py", "streaming_load.py",
-              "checkpoint_reader.py", "huge_pages.py", "sampling.py")
+              "positions.py", "quantization.py", "cpu_features.py", "cpu_kernels.py", "cpu_kernels.c",
+              "torch_fallback.py", "streaming_load.py", "checkpoint_reader.py", "huge_pages.py", "sampling.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_chatglm.ChatGLMConfig",
     "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",

@@ -1,16 +1,14 @@
 """Back a CPU model's weights with 2 MB pages (Linux transparent huge pages).
 
 A decoding step streams every weight once. In the default 4 KB pages that is a TLB miss every 4 KB, and a
-page walk each time (two nested ones in a virtual machine); in 2 MB pages, one per 2 MB. On the perf
-README's mid model, decode forwards alternated in one process between two copies of the model, one of them
-collapsed into 2 MB pages: INT4 37.1 -> 33.2 ms per step, int4-qe 25.2 -> 23.7 ms, INT8 1.2 ms less.
+page walk each time (two nested ones in a virtual machine); in 2 MB pages, one per 2 MB, so a step that is
+bound by memory bandwidth gets faster.
 
 `collapse` asks the kernel to move each large tensor's pages into huge pages in place (MADV_COLLAPSE,
 Linux 6.1 or later, with transparent huge pages set to "madvise" or "always"), so no second copy of a
-weight is ever held. It costs time once, at loading: 6-13 s per GB on the 2-core virtual machine this was
-measured on, where the host backs each fresh 2 MB region 4 KB at a time (the 6B in INT4 loaded in 81 s
-instead of 30); where memory is not handed out lazily, about a copy of the weights. Elsewhere, and with
-CHATGLM_HUGE_PAGES=0, it does nothing.
+weight is ever held. It costs time once, at loading: several seconds per GB on a virtual machine whose host
+backs each fresh 2 MB region 4 KB at a time; where memory is not handed out lazily, about a copy of the
+weights. Elsewhere, and with CHATGLM_HUGE_PAGES=0, it does nothing.
 """
 
 import ctypes

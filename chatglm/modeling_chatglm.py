@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration_chatglm import ChatGLMConfig
 from .cpu_features import SCRATCH_MAX_VALUES, prompt_dtype, scratch
-from .cpu_kernels import attend, matmul, rotate_qk, takes_attention, takes_matmul, takes_rotary
+from .cpu_kernels import add_source_folder, attend, matmul, rotate_qk, takes_attention, takes_matmul, takes_rotary
 from .generation import chat, process_response, stream_chat, stream_generate
 from .huge_pages import collapse_weights
 from .positions import glm_position_ids
@@ -87,7 +87,8 @@ def rotary_table(dim, length, dtype, device=None):
 @functools.cache
 def block_step(device):
     """[[0], [1]]: what a decoded token adds to the 2-D positions [batch, 2, 1] of the token before it (built
-    once per device: building it at every step cost a large model's step 0.08 ms). Must not be modified."""
+    once per device: a tensor built at every step is a measurable share of a small step). Must not be
+    modified."""
     return torch.tensor([[0], [1]], device=device)
 
 
@@ -105,8 +106,8 @@ def apply_rotary(x, rotary):
 
 def rotate_queries_and_keys(qkv, rotary):
     """q and k of the fused projection qkv [batch, seq, heads, 3, head_dim], rotated: on CPU in place by one
-    C call (the same numbers as apply_rotary, whose dozen small ops cost a large model's decoding step
-    0.1 ms per layer), elsewhere by apply_rotary."""
+    C call (the same numbers as apply_rotary, whose dozen small ops each cost a dispatch at every layer of a
+    decoding step), elsewhere by apply_rotary."""
     cos, sin, parts = rotary
     if takes_rotary(qkv, cos, sin):
         rotate_qk(qkv, cos, sin, parts)
@@ -511,6 +512,8 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
 
     def __init__(self, config):
         super().__init__(config)
+        # loaded with trust_remote_code, this code runs from transformers' module cache, which lacks the C source
+        add_source_folder(config.name_or_path)
         self.transformer = ChatGLMModel(config)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.quantization_bit and config.quantization_embeddings:

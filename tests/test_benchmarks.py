@@ -50,9 +50,9 @@ def test_quantized_kernels_names_the_path_each_layer_takes(script_env):
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in result.stdout.splitlines()
             if re.match(r"\| [48] \|", line)]
     paths = {(int(bits), int(tokens)): path for bits, tokens, _, path, *_ in rows}
-    assert paths == {(8, 1): "C kernel", (8, 40): "bf16 weight + F.linear",
-                     (4, 1): "C kernel", (4, 40): "bf16 weight + F.linear"}
-    assert all(float(cell) > 0 for row in rows for cell in (row[2], row[4], row[5]))
+    assert paths == {(8, 1): "C kernel", (8, 40): "expanded weight + F.linear",
+                     (4, 1): "C kernel", (4, 40): "expanded weight + F.linear"}
+    assert all(float(cell) > 0 for row in rows for cell in (row[2], row[4], row[5], row[6]))
 
 
 @pytest.mark.parametrize("quantize", [[], ["--quantize", "4", "--dtype", "bfloat16"]])

@@ -15,17 +15,19 @@ from transformers import AutoModel
 
 from chatglm import ChatGLMForConditionalGeneration, cpu_features, cpu_kernels, quantization
 from chatglm.quantization import (
-    CANDIDATE_INT4_LAYOUTS,
     DEQUANTIZED_MATMUL_MIN_TOKENS,
     QuantizedEmbedding,
     QuantizedLinear,
+    pack_int4,
+    quantize_weight,
+    unpack_int4,
+)
+from chatglm.torch_fallback import (
+    CANDIDATE_INT4_LAYOUTS,
     from_int4_cpu_layout,
     int4_cpu_layout,
     int4_cpu_layout_rows,
-    pack_int4,
-    quantize_weight,
     to_int4_cpu_layout,
-    unpack_int4,
 )
 
 WEIGHT_KERNELS = {8: "aten._weight_int8pack_mm.default", 4: "aten._weight_int4pack_mm_for_cpu.default"}
@@ -87,7 +89,8 @@ def test_int4_kernel_layout_matches_torchs_converter():
 @pytest.mark.parametrize("capability", ["avx2", "default"])
 def test_int4_layout_is_detected_for_other_cpu_kernels(capability):
     """torch picks its kernels (and int4 layout) by CPU capability; ATEN_CPU_CAPABILITY forces another."""
-    code = ("import torch; from chatglm.quantization import QuantizedLinear, int4_cpu_layout\n"
+    code = ("import torch; from chatglm.quantization import QuantizedLinear\n"
+            "from chatglm.torch_fallback import int4_cpu_layout\n"
             "w = torch.randn(64, 128); layer = QuantizedLinear.from_weight(w, 4); x = torch.randn(3, 128)\n"
             "with torch.no_grad(): y = layer(x)\n"
             "ref = x @ layer.dequantize().T\n"

@@ -1,0 +1,1 @@
+../chatglm/cpu_kernels.c

@@ -1,0 +1,1 @@
+../chatglm/torch_fallback.py
