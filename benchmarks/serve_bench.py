@@ -14,6 +14,13 @@ could reach with this model on this machine.
     python benchmarks/serve_bench.py --rounds 5                 # every level 5 times, interleaved: medians
     python benchmarks/serve_bench.py --engine-only --model SCRATCH/mid --quantize 4 --dtype bfloat16
 
+``--long-history`` measures instead what one client's big request costs the others: while --streams answers
+stream, --history-clients clients each send ``POST /`` with a history of --rounds-of-history rounds, and
+the script reports the /health latency (p50 / p99 / max, polled back to back) and the longest pause between
+two chunks of a running stream, both while the long requests are in flight and before them:
+
+    python benchmarks/serve_bench.py --long-history                      # 1, then 4 clients of 10,000 rounds
+
 On a shared host whose speed moves from minute to minute, one pass can put its levels in different
 conditions; --rounds runs the levels in turn several times and reports, per level, the median round and the
 median of the per-round ratios to the first level.
@@ -116,6 +123,74 @@ def table_row(clients, results, elapsed):
             "latency_p50": statistics.median(latencies), "latency_p99": percentile(latencies, 0.99)}
 
 
+async def timed_streams(client, url, headers, arrivals, stop):
+    """Stream answers one after another until ``stop`` is set; for each, append to ``arrivals`` the list of
+    its chunks' arrival times."""
+    payload = {"messages": [{"role": "user", "content": "你好"}], "stream": True, "ignore_eos": True}
+    while not stop.is_set():
+        times = []
+        arrivals.append(times)
+        async with client.stream("POST", url + "/v1/chat/completions", json=payload, headers=headers) as reply:
+            reply.raise_for_status()
+            async for _ in reply.aiter_bytes():
+                times.append(time.perf_counter())
+                if stop.is_set():
+                    return
+
+
+async def run_long_history(url, headers, streams, history_clients, rounds):
+    """/health latencies and stream pauses before and while ``history_clients`` long histories are sent."""
+    body = json.dumps({"prompt": "hi", "history": [[f"q{i}", f"a{i}"] for i in range(rounds)]}).encode()
+    health = []  # (sent at, seconds)
+    arrivals = []  # per answer streamed, its chunks' arrival times
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams + 16)) as client:
+        async def poll_health():
+            while not stop.is_set():
+                sent = time.perf_counter()
+                (await client.get(url + "/health", headers=headers)).raise_for_status()
+                health.append((sent, time.perf_counter() - sent))
+
+        tasks = [asyncio.create_task(timed_streams(client, url, headers, arrivals, stop)) for _ in range(streams)]
+        tasks.append(asyncio.create_task(poll_health()))
+        await asyncio.sleep(3)  # the baseline, every stream running
+        window_start = time.perf_counter()
+        replies = await asyncio.gather(*(client.post(url + "/", content=body, headers={
+            **headers, "Content-Type": "application/json"}) for _ in range(history_clients)))
+        window_end = time.perf_counter()
+        stop.set()
+        await asyncio.gather(*tasks)
+    for reply in replies:
+        reply.raise_for_status()
+
+    def pauses(start, end):
+        return [b - a for times in arrivals for a, b in zip(times, times[1:]) if b > start and a < end] or [0.0]
+
+    def latencies(start, end):
+        return [seconds for sent, seconds in health if start <= sent < end] or [0.0]
+
+    before = latencies(0, window_start), pauses(0, window_start)
+    during = latencies(window_start, window_end), pauses(window_start, window_end)
+    return {"clients": history_clients, "seconds": window_end - window_start,
+            "before": before, "during": during}
+
+
+def print_long_history(rows, streams, rounds):
+    print(f"{streams} streams running; each long request is POST / with a history of {rounds} rounds")
+    print("| long requests | their time (s) | /health p50 / p99 / max (ms), before | during "
+          "| longest stream pause (ms), before | during |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        (health_before, pause_before), (health_during, pause_during) = row["before"], row["during"]
+
+        def ms(values):
+            return (f"{statistics.median(values) * 1000:.0f} / {percentile(values, 0.99) * 1000:.0f} / "
+                    f"{max(values) * 1000:.0f}")
+
+        print(f"| {row['clients']} | {row['seconds']:.2f} | {ms(health_before)} | {ms(health_during)} "
+              f"| {max(pause_before) * 1000:.0f} | {max(pause_during) * 1000:.0f} |")
+
+
 def start_server(args):
     """api.py as a subprocess on --port; returns (process, url) once /health answers."""
     repo = Path(__file__).resolve().parents[1]
@@ -126,7 +201,8 @@ def start_server(args):
     if args.quantize:
         command += ["--quantize", str(args.quantize)]
     command += ["--dtype", args.dtype]
-    server = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(command, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env=dict(os.environ, HF_HUB_OFFLINE="1"))
     url = f"http://127.0.0.1:{args.port}"
     for _ in range(600):
         if server.poll() is not None:
@@ -194,11 +270,34 @@ def main():
     parser.add_argument("--rounds", type=int, default=1,
                         help="run every level this many times, interleaved, and report medians (default: 1)")
     parser.add_argument("--json", action="store_true", help="also print every round's rows as JSON lines")
+    parser.add_argument("--long-history", action="store_true",
+                        help="measure /health latency and stream pauses while clients send long histories")
+    parser.add_argument("--streams", type=int, default=4, help="with --long-history: streams running (default: 4)")
+    parser.add_argument("--history-clients", type=int, nargs="+", default=[1, 4],
+                        help="with --long-history: clients sending a long history at once (default: 1 4)")
+    parser.add_argument("--rounds-of-history", type=int, default=10_000,
+                        help="with --long-history: rounds in each long history (default: 10000)")
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.engine_only and args.url:
         parser.error("--engine-only measures the engine in this process; leave out --url")
+
+    if args.long_history:
+        if args.engine_only:
+            parser.error("--long-history measures the HTTP server; leave out --engine-only")
+        args.clients = [args.streams + max(args.history_clients)]  # the started server's batch size
+        server, url = (None, args.url.rstrip("/")) if args.url else start_server(args)
+        headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+        try:
+            rows = [asyncio.run(run_long_history(url, headers, args.streams, clients, args.rounds_of_history))
+                    for clients in args.history_clients]
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=60)
+        print_long_history(rows, args.streams, args.rounds_of_history)
+        return
 
     rounds = run_all_levels(args)
     rows = summarize(rounds)

@@ -75,6 +75,9 @@ class PromptTooLong(ValueError):
         self.length = length
         self.limit = limit
 
+    def __reduce__(self):  # raised in a worker process too (chatglm.serving.prompts)
+        return PromptTooLong, (self.length, self.limit)
+
 
 def prompt_ids(tokenizer, query, history, max_length):
     """Token ids of the chat prompt for ``query`` after ``history``. Like ``model.chat``, the oldest rounds

@@ -15,6 +15,7 @@ from fastapi.openapi.utils import get_openapi
 from .engine import Engine
 from .errors import HANDLERS
 from .guard import RequestGuard
+from .prompts import PromptWorkers
 from .routes import AppState, router
 from .settings import ServerSettings
 
@@ -25,9 +26,10 @@ logger = logging.getLogger("chatglm.api")
 async def lifespan(app: FastAPI):
     state: AppState = app.state.serving
     state.engine.start()
+    await state.prompts.start()
     yield
     state.engine.stop()
-    state.prompt_pool.shutdown(wait=False, cancel_futures=True)
+    state.prompts.close()
     logger.info("engine stopped")
 
 
@@ -39,7 +41,8 @@ def create_app(tokenizer, model, settings: ServerSettings | None = None, *, mode
     app = FastAPI(title="ChatGLM-6B API", lifespan=lifespan, exception_handlers=HANDLERS,
                   description="The original `POST /` and OpenAI-compatible `/v1/chat/completions`, "
                               "with concurrent requests batched together.")
-    app.state.serving = AppState(engine, tokenizer, settings, model_name, model.config.max_sequence_length)
+    app.state.serving = AppState(engine, tokenizer, settings, model_name, model.config.max_sequence_length,
+                                 PromptWorkers(tokenizer))
     app.state.engine = engine
     app.include_router(router)
     app.openapi = lambda: openapi_schema(app, settings)

@@ -2,27 +2,26 @@
 
 ``POST /`` (the original contract), ``POST /v1/chat/completions`` (OpenAI-compatible, streaming as
 server-sent events), ``GET /v1/models`` and ``GET /health``. Handlers only do I/O on the event loop:
-building and tokenizing a prompt runs in a pool of prompt threads (a long history takes a while), and
-turning tokens into text in worker threads, so one request's CPU work never stalls the others' streams.
+building and tokenizing a prompt runs in worker processes (prompts.py), checking JSON, writing long replies
+and turning tokens into text in worker threads, so one request's CPU work never stalls the others' streams.
 """
 
 import asyncio
 import contextlib
-import functools
 import json
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
-from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, PromptTooLong, prompt_ids
+from ..generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, PromptTooLong
 from .engine import ERROR, SHUTDOWN, STOP, Engine, QueueFull, Sequence
 from .errors import ERROR_DOCS, ApiError
 from .guard import now
+from .prompts import PromptWorkers
 from .protocol import ChatCompletion, ChatCompletionRequest, ChatRequest, ChatResponse, ModelList, messages_to_chat
 from .settings import ServerSettings
 from .text_stream import TextStream
@@ -38,10 +37,8 @@ class AppState:
     settings: ServerSettings
     model_name: str
     context_length: int  # the model's, in tokens
+    prompts: PromptWorkers
     started: int = field(default_factory=lambda: int(time.time()))
-    # few threads: prompts wait for one rather than take the CPU from running answers
-    prompt_pool: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="chatglm-prompts"))
 
     @property
     def max_prompt_tokens(self) -> int:
@@ -56,12 +53,10 @@ def app_state(request: Request) -> AppState:
 
 
 async def tokenize(state: AppState, query: str, history, max_length: int) -> list[int]:
-    """The prompt's ids, built in a prompt thread, the oldest rounds left out until the prompt leaves room to
+    """The prompt's ids, built in a worker process, the oldest rounds left out until the prompt leaves room to
     answer within ``max_length`` and holds at most --max-prompt-tokens. Raises PromptTooLong (its limit is
     the smaller of the two plus one)."""
-    limit = min(max_length, state.max_prompt_tokens + 1)
-    build = functools.partial(prompt_ids, state.tokenizer, query, history, limit)
-    return await asyncio.get_running_loop().run_in_executor(state.prompt_pool, build)
+    return await state.prompts.prompt_ids(query, history, min(max_length, state.max_prompt_tokens + 1))
 
 
 def prompt_too_long(state: AppState, exc: PromptTooLong, message: str, param: str) -> ApiError:
@@ -159,8 +154,15 @@ async def chat(body: ChatRequest, request: Request):
     text = TextStream(state.tokenizer)
     finish = await run_to_end(state, request, sequence, text)
     note(state, request, sequence, finish, body.prompt, text.text)
-    return {"response": text.text, "history": history + [(body.prompt, text.text)], "status": 200, "time": now(),
-            "cut": True if finish == SHUTDOWN else None}
+    # the reply echoes the whole history: written out in a worker thread, as the JSON was read
+    reply = await asyncio.to_thread(chat_reply, text.text, history + [(body.prompt, text.text)], finish)
+    return Response(reply, media_type="application/json")
+
+
+def chat_reply(answer: str, history: list, finish: str) -> str:
+    """The JSON of POST /'s reply."""
+    reply = ChatResponse(response=answer, history=history, time=now(), cut=True if finish == SHUTDOWN else None)
+    return reply.model_dump_json(exclude_none=True)
 
 
 # --- POST /v1/chat/completions -----------------------------------------------------------------------

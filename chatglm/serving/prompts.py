@@ -1,0 +1,49 @@
+"""Prompts built in worker processes.
+
+Tokenizing a long history is seconds of pure Python. In a thread of the server's process it would hold the
+GIL against the event loop and the engine thread (a decoding step needs the GIL between its torch ops), so
+every running stream would stall with it; worker processes have GILs of their own.
+"""
+
+import asyncio
+import multiprocessing
+import signal
+from concurrent.futures import ProcessPoolExecutor
+
+from ..generation import prompt_ids
+
+_tokenizer = None  # in a worker: the server's tokenizer, sent once when the worker starts
+
+
+def _keep(tokenizer):
+    global _tokenizer
+    _tokenizer = tokenizer
+    # a signal to the server's process group is the server's to handle: its drain still needs the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _prompt_ids(query: str, history: list, max_length: int) -> list[int]:
+    return prompt_ids(_tokenizer, query, history, max_length)
+
+
+class PromptWorkers:
+    """``await workers.prompt_ids(query, history, max_length)``: generation.prompt_ids in a worker process
+    (raises PromptTooLong the same way)."""
+
+    def __init__(self, tokenizer, processes: int = 2):
+        # spawned, not forked: the server's process runs threads (the engine's, torch's) by then
+        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_keep, initargs=(tokenizer,))
+        self.processes = processes
+
+    async def prompt_ids(self, query: str, history, max_length: int) -> list[int]:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, _prompt_ids, query, list(history),
+                                                                max_length)
+
+    async def start(self):
+        """Start every worker now (each imports the package: seconds), not on the first requests."""
+        await asyncio.gather(*(self.prompt_ids("", [], 16) for _ in range(self.processes)))
+
+    def close(self):
+        self.pool.shutdown(wait=False, cancel_futures=True)
