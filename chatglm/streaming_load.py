@@ -37,7 +37,15 @@ def can_stream(args, kwargs):
     # With peft installed, the Auto classes always pass adapter_kwargs (at least the revision); it asks for
     # an adapter only when it names one (_adapter_model_path), and only then is transformers' loader needed.
     adapter = (kwargs.get("adapter_kwargs") or {}).get("_adapter_model_path")
-    return not args and set(kwargs) <= STREAMING_OPTIONS and not adapter
+    return not args and set(kwargs) <= STREAMING_OPTIONS and not adapter and not _deepspeed_zero3()
+
+
+def _deepspeed_zero3():
+    """Whether a DeepSpeed ZeRO-3 run is being set up: transformers then creates every parameter already
+    partitioned over the processes, and only its loader knows how to fill such parameters."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
 
 
 def load_streaming(model_class, path, config=None, dtype="auto", torch_dtype=None, quantization_bit=None,

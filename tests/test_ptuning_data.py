@@ -263,7 +263,8 @@ def test_dataclass_fields_and_defaults():
     model_fields = {f.name: f.default for f in dataclasses.fields(ModelArguments)}
     assert list(model_fields) == ["model_name_or_path", "ptuning_checkpoint", "config_name", "tokenizer_name",
                                   "cache_dir", "use_fast_tokenizer", "model_revision", "use_auth_token",
-                                  "resize_position_embeddings", "quantization_bit", "pre_seq_len", "prefix_projection"]
+                                  "resize_position_embeddings", "quantization_bit", "pre_seq_len", "prefix_projection",
+                                  "lora_rank", "lora_alpha", "lora_dropout", "lora_target", "lora_checkpoint"]
     data_fields = {f.name: f.default for f in dataclasses.fields(DataTrainingArguments)}
     assert list(data_fields) == ["lang", "dataset_name", "dataset_config_name", "prompt_column", "response_column",
                                  "history_column", "train_file", "validation_file", "test_file", "overwrite_cache",
