@@ -18,8 +18,8 @@ import dataclasses
 import logging
 import os
 
-from chatglm.cli import add_model_args, add_server_args, bounded, run_script
-from chatglm.loader import load_model_and_tokenizer
+from chatglm.entrypoints.cli import add_model_args, add_server_args, bounded, run_script
+from chatglm.entrypoints.loader import load_model_and_tokenizer
 from chatglm.serving import default_engine_threads
 from chatglm.serving.app import create_app
 from chatglm.serving.server import serve

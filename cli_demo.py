@@ -17,10 +17,10 @@ import signal
 import sys
 import time
 
-from chatglm.cli import add_model_args, bounded, run_script
+from chatglm.entrypoints.cli import add_model_args, bounded, run_script
+from chatglm.entrypoints.loader import load_model_and_tokenizer
+from chatglm.entrypoints.text import is_valid_text
 from chatglm.generation import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, generation_options
-from chatglm.loader import load_model_and_tokenizer
-from chatglm.text import is_valid_text
 
 WELCOME = "欢迎使用 ChatGLM-6B 模型：输入内容即可对话，输入 clear 清空对话历史，输入 stop 退出程序。"
 USER_TAG = "用户："

@@ -4,13 +4,13 @@
     python web_demo.py --model THUDM/chatglm-6b --host 0.0.0.0 --port 7860
     python web_demo.py --share                   # also a temporary public gradio.live link
 
-The page itself is built by ``chatglm.webui.build_demo`` (shared with ``ptuning/web_demo.py``).
+The page itself is built by ``chatglm.entrypoints.webui.build_demo`` (shared with ``ptuning/web_demo.py``).
 """
 
 import argparse
 
-from chatglm.cli import add_model_args, add_server_args, bounded, run_script
-from chatglm.loader import load_model_and_tokenizer
+from chatglm.entrypoints.cli import add_model_args, add_server_args, bounded, run_script
+from chatglm.entrypoints.loader import load_model_and_tokenizer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     tokenizer, model = load_model_and_tokenizer(args)
-    from chatglm.webui import build_demo, launch
+    from chatglm.entrypoints.webui import build_demo, launch
 
     demo = build_demo(tokenizer, model, concurrency_limit=args.concurrency)
     launch(demo, host=args.host, port=args.port, share=args.share, concurrency_limit=args.concurrency)

@@ -106,7 +106,7 @@ def load_ours(name, path):
 
         return AutoModel.from_pretrained(path).float().quantize(4)
     if name in ("cli-int4", "cli-int8"):
-        from chatglm.loader import load_model_and_tokenizer
+        from chatglm.entrypoints.loader import load_model_and_tokenizer
 
         return load_model_and_tokenizer(model=path, device="cpu", quantize=int(name[-1]))[1]
     raise ValueError(f"unknown configuration {name}")

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import httpx
 
+from chatglm.entrypoints.loader import load_model_and_tokenizer
 from chatglm.generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P, prompt_ids
-from chatglm.loader import load_model_and_tokenizer
 from chatglm.serving import Engine, Sequence, default_engine_threads
 
 PROMPTS = ["你好", "晚上睡不着应该怎么办", "Write a haiku about the sea", "介绍一下北京",

@@ -5,7 +5,7 @@ for any checkpoint folder in the original layout, without executing downloaded c
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
 from .configuration_chatglm import ChatGLMConfig
-from .hub import DEMO_MODEL_PATH
+from .entrypoints.hub import DEMO_MODEL_PATH
 from .modeling_chatglm import ChatGLMForConditionalGeneration, ChatGLMModel
 from .tokenization_chatglm import ChatGLMTokenizer
 

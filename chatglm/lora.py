@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from .errors import UserError
+from .entrypoints.errors import UserError
 from .quantization import QuantizedLinear
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -24,7 +24,7 @@ import os
 
 import torch
 
-from chatglm.errors import UserError
+from chatglm.entrypoints.errors import UserError
 from chatglm.generation import format_rounds
 
 

@@ -20,8 +20,8 @@ import torch
 import transformers
 from transformers import HfArgumentParser, Seq2SeqTrainingArguments, set_seed
 
-from chatglm.cli import run_script
-from chatglm.errors import UserError
+from chatglm.entrypoints.cli import run_script
+from chatglm.entrypoints.errors import UserError
 from chatglm.generation import DEFAULT_TEMPERATURE, DEFAULT_TOP_P
 from chatglm.lora import add_lora, apply_lora
 from ptuning.arguments import DataTrainingArguments, ModelArguments

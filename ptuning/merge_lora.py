@@ -14,8 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-from chatglm.cli import run_script  # noqa: E402
-from chatglm.hub import resolve_model_path  # noqa: E402
+from chatglm.entrypoints.cli import run_script  # noqa: E402
+from chatglm.entrypoints.hub import resolve_model_path  # noqa: E402
 from chatglm.lora import merge_to_checkpoint  # noqa: E402
 
 

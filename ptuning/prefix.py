@@ -11,7 +11,7 @@ import os
 
 import torch
 
-from chatglm.errors import UserError
+from chatglm.entrypoints.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -134,9 +134,9 @@ def load_for_ptuning(model_args, dtype=torch.float32, cache_dir=None, token=None
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     import chatglm  # noqa: F401  (registers the chatglm model type with the Auto classes)
-    from chatglm.hub import resolve_model_path
+    from chatglm.entrypoints.hub import resolve_model_path
 
-    # a mistyped local folder fails here with one clear line (chatglm.errors.ModelLoadError)
+    # a mistyped local folder fails here with one clear line (chatglm.entrypoints.errors.ModelLoadError)
     model_args.model_name_or_path, _ = resolve_model_path(model_args.model_name_or_path)
 
     hub = {"cache_dir": cache_dir, "revision": revision}

@@ -7,7 +7,7 @@
 
 Model flags are those of ptuning/main.py (ModelArguments: --model_name_or_path, --ptuning_checkpoint,
 --pre_seq_len, --prefix_projection, --quantization_bit, --lora_checkpoint); --pre_seq_len may be left out (it is
-read from the checkpoint). The page is the one of the top-level web_demo.py (chatglm.webui.build_demo).
+read from the checkpoint). The page is the one of the top-level web_demo.py (chatglm.entrypoints.webui.build_demo).
 """
 
 from dataclasses import dataclass, field
@@ -48,14 +48,14 @@ def load_model(model_args, device="cpu"):
 def main(argv=None):
     from transformers import HfArgumentParser
 
-    from chatglm.loader import pick_device
+    from chatglm.entrypoints.loader import pick_device
 
     parser = HfArgumentParser((ModelArguments, ServerArguments))
     model_args, server_args = parser.parse_args_into_dataclasses(args=argv)
     device = pick_device(server_args.device)
     tokenizer, model = load_model(model_args, device)
 
-    from chatglm.webui import build_demo, launch
+    from chatglm.entrypoints.webui import build_demo, launch
 
     title = "ChatGLM"
     demo = build_demo(tokenizer, model, title=title, concurrency_limit=server_args.concurrency)
@@ -64,6 +64,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from chatglm.cli import run_script
+    from chatglm.entrypoints.cli import run_script
 
     run_script(main)

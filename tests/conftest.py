@@ -95,7 +95,7 @@ def door_checkpoint():
 @pytest.fixture(scope="session")
 def door_model(door_checkpoint):
     """(tokenizer, model) of ``door_checkpoint`` loaded in this process, for computing expected answers."""
-    from chatglm.loader import load_model_and_tokenizer
+    from chatglm.entrypoints.loader import load_model_and_tokenizer
 
     return load_model_and_tokenizer(model=door_checkpoint, device="cpu")
 

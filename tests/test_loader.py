@@ -1,4 +1,5 @@
-"""chatglm.loader and chatglm.cli: the model flags every script shares, and what users see when loading fails."""
+"""chatglm.entrypoints.loader and chatglm.entrypoints.cli: the model flags every script shares, and what
+users see when loading fails."""
 
 import argparse
 
@@ -7,10 +8,10 @@ import torch
 from conftest import greedy_answer
 from transformers import AutoModel
 
-from chatglm import loader
-from chatglm.cli import add_model_args, bounded, run_script
-from chatglm.errors import ModelLoadError
-from chatglm.loader import load_model_and_tokenizer
+from chatglm.entrypoints import loader
+from chatglm.entrypoints.cli import add_model_args, bounded, run_script
+from chatglm.entrypoints.errors import ModelLoadError
+from chatglm.entrypoints.loader import load_model_and_tokenizer
 
 
 def parse(*argv):

@@ -12,7 +12,7 @@ import torch
 from test_optional_installs import require
 from test_ptuning_train import ADGEN, PTUNING, SHORT, adgen_args, read_json, run_main, script_env
 
-from chatglm.errors import UserError
+from chatglm.entrypoints.errors import UserError
 from chatglm.quantization import QuantizedLinear
 
 pytestmark = pytest.mark.slow  # training runs and scripts
@@ -101,7 +101,7 @@ def test_plain_peft_merged_and_live_answer_alike(lora_run, door_checkpoint, tmp_
 
 
 def test_front_door_loader_applies_adapters(lora_run, door_checkpoint):
-    from chatglm.loader import load_model_and_tokenizer
+    from chatglm.entrypoints.loader import load_model_and_tokenizer
 
     _, ck = lora_run
     tokenizer, merged = load_model_and_tokenizer(model=door_checkpoint, device="cpu", lora=[str(ck)])
@@ -157,7 +157,7 @@ def test_adapters_that_do_not_fit(lora_run, door_checkpoint, tiny_checkpoint, tm
     add_lora(load(tiny_checkpoint), 4).save_pretrained(str(other))
     line = one_error_line(run_script("cli_demo.py", "--model", door_checkpoint, "--device", "cpu", "--lora", other))
     assert "made for another base model" in line
-    from chatglm.loader import load_model_and_tokenizer
+    from chatglm.entrypoints.loader import load_model_and_tokenizer
     from chatglm.lora import LoraError, check_adapter
 
     with pytest.raises(LoraError, match="no such folder"):

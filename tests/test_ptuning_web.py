@@ -44,7 +44,7 @@ def load(base_model, checkpoint):
 
 
 def page_answer(tokenizer, model, query):
-    from chatglm.webui import build_demo
+    from chatglm.entrypoints.webui import build_demo
 
     demo = build_demo(tokenizer, model)
     predict = next(f.fn for f in demo.fns.values() if f.name == "predict")

@@ -63,7 +63,7 @@ def test_other_layer_counts():
 def test_too_few_gpus_is_a_clear_error(tiny_checkpoint):
     import torch
 
-    from chatglm.errors import ModelLoadError
+    from chatglm.entrypoints.errors import ModelLoadError
 
     wanted = torch.cuda.device_count() + 1
     with pytest.raises(ModelLoadError, match="CUDA device"):

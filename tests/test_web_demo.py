@@ -166,10 +166,10 @@ def test_chat_in_the_browser(web_server, browser, door_model, tmp_path):
 
 
 def test_page_layout_and_streaming(door_model):
-    """The page as built by chatglm.webui.build_demo, and its answer function streaming in-process."""
+    """The page as built by chatglm.entrypoints.webui.build_demo, and its answer function streaming in-process."""
     import gradio as gr
 
-    from chatglm.webui import build_demo
+    from chatglm.entrypoints.webui import build_demo
 
     tokenizer, model = door_model
     demo = build_demo(tokenizer, model)
@@ -202,7 +202,7 @@ def test_sessions_answer_together_and_a_left_answer_stops(door_model):
     whose session goes away (Clear History closes its stream) stops being generated."""
     import threading
 
-    from chatglm.webui import build_demo
+    from chatglm.entrypoints.webui import build_demo
 
     tokenizer, model = door_model
     demo = build_demo(tokenizer, model, concurrency_limit=2)

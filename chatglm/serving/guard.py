@@ -15,7 +15,7 @@ import time
 
 from starlette.datastructures import Headers
 
-from ..text import is_valid_text
+from ..entrypoints.text import is_valid_text
 from .errors import ApiError, body_example, error_response, safe_text
 from .settings import ServerSettings
 

@@ -10,7 +10,8 @@ from .errors import ModelLoadError
 
 REAL_MODEL_ID = "THUDM/chatglm-6b"
 # The small checkpoint trained by this repository (demo/), used by every script when no model is named.
-DEMO_MODEL_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "chatglm-demo")
+REPO_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEMO_MODEL_PATH = os.path.join(REPO_DIR, "chatglm-demo")
 
 DOWNLOAD_HINT = (
     "download it first with `hf download {model}` (or `git clone "

@@ -5,8 +5,8 @@ the names the original project used."""
 import torch
 from transformers import AutoConfig
 
+from ..modeling_chatglm import ChatGLMForConditionalGeneration
 from .errors import ModelLoadError
-from .modeling_chatglm import ChatGLMForConditionalGeneration
 
 PINNED_MODULES = ("transformer.word_embeddings", "transformer.final_layernorm", "lm_head")
 

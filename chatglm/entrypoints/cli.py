@@ -43,7 +43,7 @@ def device_name(value):
 
 def add_model_args(parser):
     """Add the model flags every script shares (in their own group) and return ``parser``; the parsed
-    arguments go to ``chatglm.loader.load_model_and_tokenizer``."""
+    arguments go to ``chatglm.entrypoints.loader.load_model_and_tokenizer``."""
     group = parser.add_argument_group("model")
     group.add_argument(
         "--model", default=None, metavar="ID_OR_FOLDER",

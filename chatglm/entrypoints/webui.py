@@ -1,6 +1,6 @@
 """The gradio chat page shared by ``web_demo.py`` and ``ptuning/web_demo.py``.
 
-    from chatglm.webui import build_demo, launch
+    from chatglm.entrypoints.webui import build_demo, launch
     demo = build_demo(tokenizer, model)          # a gradio.Blocks
     launch(demo, host="127.0.0.1", port=7860)
 
@@ -16,8 +16,8 @@ import contextlib
 import html
 from collections.abc import Iterable
 
-from .generation import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, PromptTooLong, prompt_ids
-from .serving import ERROR, Engine, QueueFull, Sequence, TextStream, default_engine_threads, follow_blocking
+from ..generation import DEFAULT_MAX_LENGTH, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, PromptTooLong, prompt_ids
+from ..serving import ERROR, Engine, QueueFull, Sequence, TextStream, default_engine_threads, follow_blocking
 
 LATEX_DELIMITERS = [
     {"left": "$$", "right": "$$", "display": True},

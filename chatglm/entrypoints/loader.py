@@ -1,4 +1,4 @@
-"""Loading ``(tokenizer, model)`` the way the scripts' model flags (``chatglm.cli.add_model_args``) ask:
+"""Loading ``(tokenizer, model)`` the way the scripts' model flags (``chatglm.entrypoints.cli.add_model_args``) ask:
 which checkpoint, on which device, in which dtype, quantized or split over several GPUs.
 
 Problems a user can fix (a missing folder, a hub id that is not downloaded, no GPU, ...) raise
@@ -12,11 +12,11 @@ import time
 
 import torch
 
+from ..modeling_chatglm import ChatGLMForConditionalGeneration
+from ..tokenization_chatglm import ChatGLMTokenizer
 from .errors import ModelLoadError
 from .hub import REAL_MODEL_ID, explain_failure, hub_load_options, resolve_model_path
-from .modeling_chatglm import ChatGLMForConditionalGeneration
 from .multi_gpu import load_model_on_gpus
-from .tokenization_chatglm import ChatGLMTokenizer
 
 DTYPE_NAMES = {
     "float32": "float32",
@@ -135,7 +135,7 @@ def load_model_and_tokenizer(args=None, **overrides):
 
 
 def _with_adapters(model, paths, live):
-    from .lora import apply_lora
+    from ..lora import apply_lora
 
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     quantized = int(model.config.quantization_bit or 0)

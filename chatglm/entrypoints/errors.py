@@ -1,5 +1,5 @@
 """Errors that the person running the code can fix. Library code raises them as ordinary exceptions; only
-the scripts turn them into a one-line message and exit status 1 (``chatglm.cli.run_script``)."""
+the scripts turn them into a one-line message and exit status 1 (``chatglm.entrypoints.cli.run_script``)."""
 
 
 class UserError(Exception):
