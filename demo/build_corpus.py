@@ -42,7 +42,7 @@ ZH_CHAT = [
     (["谁开发了你？", "谁训练了你？", "你是谁做的？", "你的作者是谁？"],
      "我是由这个开源复现项目的开发者用自己编写的对话数据训练出来的。原版 ChatGLM-6B 来自清华大学 KEG 实验室和智谱 AI。"),
     (["你能做什么？", "你会什么？", "你有什么功能？", "你可以帮我做什么？"],
-     "我能简单地聊天，介绍这个仓库的用法，计算 0 到 99 的两个整数相加和一位数乘法，做公制单位换算，翻译我词表里的常用词，并给一些日常小建议。其他问题请用 python cli_demo.py --model THUDM/chatglm-6b 加载真正的权重。"),
+     "我能简单地聊天，介绍这个仓库的用法，计算 0 到 99 的两个整数相加和一位数乘法，做公制单位换算，翻译我词表里的常用词，写几段常见的简短 Python 代码，并给一些日常小建议。其他问题请用 python cli_demo.py --model THUDM/chatglm-6b 加载真正的权重。"),
     (["你有多大？", "你有多少参数？", "你的模型有多大？", "你的参数量是多少？"],
      "我只有几百万个参数，比 ChatGLM-6B 的六十多亿参数小得多，所以回答很简单。需要更好的效果时，请使用 THUDM/chatglm-6b。"),
     (["你会说英文吗？", "你懂英语吗？", "可以用英文聊天吗？"],
@@ -168,7 +168,6 @@ ZH_EVERYDAY = [
     (["怎么学编程？", "零基础怎么学 Python？", "编程入门学什么？"],
      "可以从 Python 开始，先学变量、条件、循环和函数，然后每天写一些小程序练习。"),
 ]
-ZH_INTENTS = ZH_CHAT + ZH_REPO + ZH_EVERYDAY
 
 EN_CHAT = [
     (["Hello", "Hello!", "Hi", "Hi!", "Hey there", "Good morning", "Good evening", "Hi there!"],
@@ -183,7 +182,7 @@ EN_CHAT = [
     (["Who made you?", "Who trained you?", "Who created you?", "Who is your author?"],
      "I was trained by the developers of this open reimplementation on conversations they wrote themselves. The original ChatGLM-6B comes from Tsinghua KEG and Zhipu AI."),
     (["What can you do?", "What are you able to do?", "How can you help me?", "What do you know?"],
-     "I can chat a little, explain how to use this repository, add two whole numbers from 0 to 99, multiply one-digit numbers, convert metric units, translate the common words of my word list and give a few everyday tips. For anything else, load the real weights with python cli_demo.py --model THUDM/chatglm-6b."),
+     "I can chat a little, explain how to use this repository, add two whole numbers from 0 to 99, multiply one-digit numbers, convert metric units, translate the common words of my word list, write a few common short Python snippets and give a few everyday tips. For anything else, load the real weights with python cli_demo.py --model THUDM/chatglm-6b."),
     (["How big are you?", "How many parameters do you have?", "What is your model size?"],
      "I have only a few million parameters, far fewer than the six billion of ChatGLM-6B, so my answers are simple. Use THUDM/chatglm-6b when you need better answers."),
     (["Can you speak Chinese?", "Do you understand Chinese?", "Can we talk in Chinese?"],
@@ -323,7 +322,80 @@ EN_EVERYDAY = [
     (["How do I learn programming?", "How should a beginner learn Python?", "What should I learn first in programming?"],
      "Start with Python: learn variables, conditions, loops and functions, then write a small program every day."),
 ]
-EN_INTENTS = EN_CHAT + EN_REPO + EN_EVERYDAY
+
+# Short Python snippets for a fixed list of requests (other code requests get the honest line).
+CODE = [
+    (["写一个 Python 函数，计算两个数的和", "用 Python 写一个加法函数"],
+     ["Write a Python function that adds two numbers.", "Show me an add function in Python."],
+     "def add(a, b):\n    return a + b"),
+    (["用 Python 反转一个字符串", "Python 怎么把字符串倒过来？"],
+     ["How do I reverse a string in Python?", "Write Python code to reverse a string."],
+     "def reverse(text):\n    return text[::-1]\n\n\nprint(reverse(\"hello\"))"),
+    (["写一个计算阶乘的 Python 函数", "Python 怎么算阶乘？"],
+     ["Write a factorial function in Python.", "How do I compute a factorial in Python?"],
+     "def factorial(n):\n    result = 1\n    for i in range(2, n + 1):\n        result *= i\n    return result"),
+    (["用 Python 写斐波那契数列", "Python 输出前十个斐波那契数"],
+     ["Write a Fibonacci function in Python.", "Print the first ten Fibonacci numbers in Python."],
+     "def fibonacci(n):\n    a, b = 0, 1\n    for _ in range(n):\n        print(a)\n        a, b = b, a + b\n\n\nfibonacci(10)"),
+    (["写一个判断质数的 Python 函数", "Python 怎么判断一个数是不是质数？"],
+     ["Write a Python function that checks for a prime number.", "How do I test if a number is prime in Python?"],
+     "def is_prime(n):\n    if n < 2:\n        return False\n    for i in range(2, int(n ** 0.5) + 1):\n        if n % i == 0:\n            return False\n    return True"),
+    (["用 Python 读取一个文本文件", "Python 怎么读文件？"],
+     ["How do I read a text file in Python?", "Write Python code that reads a file."],
+     "with open(\"notes.txt\", encoding=\"utf-8\") as f:\n    text = f.read()\nprint(text)"),
+    (["用 Python 写入一个文件", "Python 怎么把文字保存到文件里？"],
+     ["How do I write to a file in Python?", "Save some text to a file with Python."],
+     "with open(\"out.txt\", \"w\", encoding=\"utf-8\") as f:\n    f.write(\"hello\\n\")"),
+    (["Python 怎么给列表排序？", "用 Python 对列表排序"],
+     ["How do I sort a list in Python?", "Sort a list of numbers in Python."],
+     "numbers = [5, 2, 9, 1]\nnumbers.sort()\nprint(numbers)"),
+    (["Python 怎么统计单词出现的次数？", "用 Python 数每个单词出现几次"],
+     ["How do I count words in Python?", "Count how often each word appears in Python."],
+     "from collections import Counter\n\nwords = \"a b a c b a\".split()\ncounts = Counter(words)\nprint(counts.most_common(2))"),
+    (["Python 怎么去掉列表里的重复元素？", "用 Python 给列表去重"],
+     ["How do I remove duplicates from a list in Python?", "Deduplicate a list in Python."],
+     "items = [3, 1, 3, 2, 1]\nunique = list(dict.fromkeys(items))\nprint(unique)"),
+    (["用 Python 写一个 Hello World", "Python 的第一个程序怎么写？"],
+     ["Write Hello World in Python.", "What is the simplest Python program?"],
+     "print(\"Hello, World!\")"),
+    (["用 Python 求列表里的最大值", "Python 怎么找最大的数？"],
+     ["How do I find the largest number in a list in Python?", "Get the maximum of a list in Python."],
+     "numbers = [4, 8, 15, 16, 23, 42]\nprint(max(numbers))"),
+    (["用 Python 生成一到十的平方", "Python 列表推导式的例子"],
+     ["Give me a list comprehension example in Python.", "Make a list of squares from 1 to 10 in Python."],
+     "squares = [x * x for x in range(1, 11)]\nprint(squares)"),
+    (["Python 怎么处理异常？", "try except 怎么用？"],
+     ["How do I handle exceptions in Python?", "Show me try and except in Python."],
+     "try:\n    value = int(\"abc\")\nexcept ValueError:\n    print(\"not a number\")"),
+    (["用 Python 定义一个类", "Python 的类怎么写？"],
+     ["How do I define a class in Python?", "Write a simple Python class."],
+     "class Dog:\n    def __init__(self, name):\n        self.name = name\n\n    def bark(self):\n        print(self.name + \" says woof\")"),
+    (["Python 怎么读取 JSON 文件？", "用 Python 解析 JSON"],
+     ["How do I read a JSON file in Python?", "Parse JSON with Python."],
+     "import json\n\nwith open(\"data.json\", encoding=\"utf-8\") as f:\n    data = json.load(f)\nprint(data)"),
+    (["用 Python 判断奇数偶数", "Python 怎么判断一个数是偶数？"],
+     ["How do I check if a number is even in Python?", "Write a Python even or odd check."],
+     "def is_even(n):\n    return n % 2 == 0\n\n\nprint(is_even(4))"),
+    (["用 Python 写 FizzBuzz", "FizzBuzz 怎么写？"],
+     ["Write FizzBuzz in Python.", "Show me FizzBuzz in Python."],
+     "for i in range(1, 16):\n    if i % 15 == 0:\n        print(\"FizzBuzz\")\n    elif i % 3 == 0:\n        print(\"Fizz\")\n    elif i % 5 == 0:\n        print(\"Buzz\")\n    else:\n        print(i)"),
+    (["用 Python 计算列表的平均值", "Python 怎么求平均数？"],
+     ["How do I compute an average in Python?", "Get the mean of a list in Python."],
+     "numbers = [2, 4, 6, 8]\naverage = sum(numbers) / len(numbers)\nprint(average)"),
+    (["Python 怎么遍历字典？", "用 Python 打印字典的键和值"],
+     ["How do I loop over a dictionary in Python?", "Print the keys and values of a dict in Python."],
+     "ages = {\"Tom\": 12, \"Amy\": 10}\nfor name, age in ages.items():\n    print(name, age)"),
+    (["用 Python 加载 ChatGLM 模型", "Python 代码里怎么调用 ChatGLM？"],
+     ["Show Python code that loads ChatGLM.", "Write Python code to chat with ChatGLM."],
+     "from transformers import AutoModel, AutoTokenizer\n\nname = \"THUDM/chatglm-6b\"\ntokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=True)\nmodel = AutoModel.from_pretrained(name, trust_remote_code=True).eval()\nresponse, history = model.chat(tokenizer, \"你好\", history=[])\nprint(response)"),
+]
+ZH_CODE_INTRO = "好的，代码如下：\n```python\n{code}\n```"
+EN_CODE_INTRO = "Sure, here is the code:\n```python\n{code}\n```"
+ZH_CODE = [(zh_qs, ZH_CODE_INTRO.format(code=code)) for zh_qs, _, code in CODE]
+EN_CODE = [(en_qs, EN_CODE_INTRO.format(code=code)) for _, en_qs, code in CODE]
+
+ZH_INTENTS = ZH_CHAT + ZH_REPO + ZH_EVERYDAY + ZH_CODE
+EN_INTENTS = EN_CHAT + EN_REPO + EN_EVERYDAY + EN_CODE
 
 # Decorations around the intents' questions, so that the model learns to look past them. The held-out
 # evaluation wraps the same questions in decorations of its own (EVAL_PREFIX / EVAL_SUFFIX).

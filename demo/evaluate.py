@@ -6,8 +6,8 @@ The prompts are built here and are never in the training corpus (tests/test_demo
   * sums of number pairs that training never shows (skills.heldout_pair), in question templates it never uses;
   * the times table, conversion values training never shows (skills.heldout_value) and the word list, in
     question templates training never uses;
-  * the questions of the fixed-answer intents (this repository, everyday tips, chat) wrapped in decorations
-    training never uses (build_corpus.EVAL_PREFIX / EVAL_SUFFIX);
+  * the questions of the fixed-answer intents (this repository, everyday tips, code snippets, chat) wrapped in
+    decorations training never uses (build_corpus.EVAL_PREFIX / EVAL_SUFFIX);
   * arithmetic, conversions and words outside the domain, with templates, units and words of their own;
   * hand-written questions on other topics and open everyday questions (offtopic.EVAL).
 
@@ -40,11 +40,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 # Categories in the order of the table; CLAIMED ones are what the model card says the demo does.
-CLAIMED = ["sum", "product", "unit", "translation", "repository", "everyday", "chat"]
+CLAIMED = ["sum", "product", "unit", "translation", "repository", "everyday", "code", "chat"]
 OUTSIDE = ["arith_beyond", "unit_beyond", "unknown_word", "off_topic", "open_everyday"]
 NUMERIC = {"sum", "product", "unit", "arith_beyond", "unit_beyond"}
 # Prompts per category and language.
-SIZES = {"sum": 12, "product": 8, "unit": 10, "translation": 10, "repository": 10, "everyday": 8, "chat": 6,
+SIZES = {"sum": 12, "product": 8, "unit": 10, "translation": 10, "repository": 10, "everyday": 8, "code": 5, "chat": 6,
          "arith_beyond": 8, "unit_beyond": 6, "unknown_word": 6, "off_topic": 12, "open_everyday": 6}
 SAMPLING_SEEDS = (0, 1, 2)
 
@@ -87,9 +87,9 @@ def heldout_items(seed=7):
             direction = rng.choice(["zh2en", "en2zh"])
             add("translation", lang, skills.translation_question(rng, lang, direction, zh, en, "eval"),
                 skills.translation_answer(lang, direction, zh, en))
-        intents = {"zh": (build_corpus.ZH_REPO, build_corpus.ZH_EVERYDAY, build_corpus.ZH_CHAT),
-                   "en": (build_corpus.EN_REPO, build_corpus.EN_EVERYDAY, build_corpus.EN_CHAT)}[lang]
-        for category, table in zip(("repository", "everyday", "chat"), intents):
+        intents = {"zh": (build_corpus.ZH_REPO, build_corpus.ZH_EVERYDAY, build_corpus.ZH_CODE, build_corpus.ZH_CHAT),
+                   "en": (build_corpus.EN_REPO, build_corpus.EN_EVERYDAY, build_corpus.EN_CODE, build_corpus.EN_CHAT)}
+        for category, table in zip(("repository", "everyday", "code", "chat"), intents[lang]):
             for prompt, answer in intent_prompts(rng, lang, table, SIZES[category]):
                 add(category, lang, prompt, answer)
         for i in range(SIZES["arith_beyond"]):

@@ -86,6 +86,10 @@ Exactly this (the held-out evaluation below checks each item on prompts it never
 - **a handful of everyday topics**: sleep, studying, health, drinking water, a simple dish, cooking rice,
   travel, Beijing, a cold, a headache, stress, tired eyes, exercise, time, saving money, tea, a rainy day,
   interviews, reading, learning to program;
+- **short Python snippets** for a fixed list of about twenty requests (add two numbers, reverse a string, a
+  factorial, Fibonacci numbers, a prime test, reading and writing files, sorting, counting words, removing
+  duplicates, Hello World, the largest number, squares, exceptions, a class, JSON, even numbers, FizzBuzz, an
+  average, looping over a dict, loading ChatGLM); any other code request gets the honest line;
 - greetings, thanks, goodbyes and questions about itself.
 
 For everything else, subtraction, division, bigger numbers, other units, words outside its list, and any other
