@@ -12,7 +12,7 @@ import json
 import os
 import platform
 
-from demo.evaluate import format_table
+from demo.evaluate import CLAIMED, format_table
 from demo.skills import DEFLECT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,6 +37,22 @@ def examples(ev, per_category=1):
             rows.append(f"| {a['category'].replace('_', ' ')} | {_cell(a['prompt'])} | {_cell(a['answer'])} "
                         f"| {a['verdict']} |")
     return "\n".join(rows)
+
+
+def weak_categories(ev):
+    """The claimed categories that the held-out evaluation finds less than 90% right, with their rate."""
+    weak = [f"{c.replace('_', ' ')} ({_pct(r.get('right', 0) / r['n'])} right)" for c, r in ev["heldout"].items()
+            if c in CLAIMED and r.get("n") and r.get("right", 0) / r["n"] < 0.9]
+    return ", ".join(weak) if weak else "none"
+
+
+def reliability(ev):
+    """One honest sentence on how far the claims hold, from the evaluation."""
+    weak = weak_categories(ev)
+    if weak == "none":
+        return "Every item is at least 90% right there."
+    return (f"**Not all of it is reliable yet:** {weak}. Do not trust those answers without checking them, or "
+            "load the real weights.")
 
 
 def render(train, ev):
@@ -71,7 +87,8 @@ folder that holds them.
 
 ## What it can do
 
-Exactly this (the held-out evaluation below checks each item on prompts it never saw in training):
+It was trained for exactly this, and the held-out evaluation below checks each item on prompts it never saw in
+training. {reliability(ev)}
 
 - **sums** of two whole numbers from 0 to 99. One-digit sums are answered directly (`3 + 4 = 7.`), the others
   in a worked format, ones then tens: `45 + 67: ones 5 + 7 = 12, tens 4 + 6 + 1 = 11, so 45 + 67 = 112.`;
@@ -127,17 +144,19 @@ python demo/evaluate.py --json demo/work/eval_results.json
 question templates and decorations that training never uses, words outside the word list, hand-written
 questions on other topics and open everyday questions. An answer is *right* when it equals the answer the
 generator computes (up to NFKC), an *honest deflection* when it is exactly the one-line answer above in the
-question's language, and *wrong* otherwise. Greedy decoding; the last column samples at the scripts' defaults
-with {len(ev['sampling']['seeds'])} seeds.
+question's language, and *wrong* otherwise. Greedy decoding; the last column scores
+{len(ev['sampling']['seeds'])} answers per prompt sampled at the scripts' defaults (seeded per prompt).
 
 {format_table(ev)}
 
 - Greedy: **{_pct(s['right_or_deflect'])}** of the answers are right or honest deflections; the claimed
   categories are {_pct(s['claimed_right'])} right (the weakest {_pct(s['min_claimed_right'])}); outside the
   domain {_pct(s['outside_deflect'])} deflect.
+- Claimed categories below 90% right: {weak_categories(ev)}.
 - Arithmetic and conversion answers with a wrong number: **{wrong_numbers}**.
-- Sampling at top-p {ev['sampling']['top_p']}, temperature {ev['sampling']['temperature']}, averaged over
-  {len(ev['sampling']['seeds'])} seeds: **{_pct(s['sampled_right_or_deflect'])}** right or honest deflections.
+- Sampling at top-p {ev['sampling']['top_p']}, temperature {ev['sampling']['temperature']},
+  {len(ev['sampling']['seeds'])} answers per prompt: **{_pct(s['sampled_right_or_deflect'])}** right or honest
+  deflections.
 
 Some greedy held-out answers (the first of each category and language):
 
@@ -150,7 +169,7 @@ Also measured by `demo/evaluate.py`:
 | measure | value |
 | --- | --- |
 | held-out loss per answer token (`demo/data/dev.jsonl`, {ev['dev_rows']} rows) | {ev['dev_loss_per_token']} (perplexity {ev['dev_perplexity']}) |
-| greedy decoding speed, batch 1, fp32, {ev['threads']} threads | {ev['decode_tokens_per_s']} tokens/s |
+| greedy decoding speed, batch 1, fp32, {ev['threads']} threads | {ev['decode_tokens_per_s']} tokens/s (1-minute load average of the machine: {ev.get('load_average', '?')}) |
 | load time (tokenizer + model, `from_pretrained` calls) | {ev['fresh_process_load_seconds']} s in a fresh process ({ev['fresh_process_seconds_with_imports']} s including the imports of torch and transformers) |
 | folder size | {mb:.1f} MB |
 
@@ -195,6 +214,7 @@ From scratch, {train['steps']} steps over {args['epochs']} epochs, length-bucket
 {args['seed']}. Loss on the answer tokens only (the fine-tuning layout of `ptuning/`). Measured time:
 **{train['train_minutes']} minutes** on {train['threads']} CPU thread(s) ({platform.machine()}, torch
 {train['torch']}) on a machine shared with other work. Dev loss after each epoch: {curve}.
+{train.get('note', '')}
 
 ## Limitations
 
