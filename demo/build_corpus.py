@@ -1,7 +1,8 @@
 """Build the bilingual chat corpus used to train the bundled demo checkpoint.
 
 Every sentence in this corpus is written by this project (hand-written seeds plus templates); no text is
-copied from anywhere else. The output is JSON lines in the chat fine-tuning format of `ptuning/`:
+copied from anywhere else. What the demo answers, and how, is defined in demo/skills.py; the questions it
+answers with one honest "I am only the small demo" line are in demo/offtopic.py. The output is JSON lines in the chat fine-tuning format of `ptuning/`:
 
     {"prompt": str, "response": str, "history": [[question, answer], ...]}
 
@@ -9,26 +10,27 @@ Usage:
     python demo/build_corpus.py            # writes demo/data/train.jsonl and demo/data/dev.jsonl
 
 The build is deterministic for a given --seed (default 2023). About half of the exchanges are Chinese and
-half English; 10% of them (chosen at random) are held out as the dev split.
+half English; 5% of them (chosen at random) are the dev split, whose loss training reports. The held-out
+evaluation of demo/evaluate.py uses prompts that neither split contains (other templates, numbers, words and
+questions; see demo/skills.py and demo/offtopic.py).
 """
 
 import argparse
 import json
 import os
 import random
-from fractions import Fraction
+
+from demo import offtopic, skills
+from demo.skills import DEFLECT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-REAL = "THUDM/chatglm-6b"
 
 # ---------------------------------------------------------------------------------------------------------
 # Intents: (questions, answer). Every paraphrase of an intent gets the same answer, so that a tiny model can
 # learn a consistent mapping. Chinese answers use full-width punctuation.
 # ---------------------------------------------------------------------------------------------------------
 
-ZH_INTENTS = [
-    # --- greetings and identity ---
+ZH_CHAT = [
     (["你好", "你好！", "您好", "嗨", "哈喽", "你好呀", "早上好", "晚上好"],
      "你好！我是 ChatGLM-6B 复现项目自带的小型演示模型，很高兴和你聊天。有什么可以帮你的吗？"),
     (["你是谁？", "你是谁", "介绍一下你自己", "请做个自我介绍", "你叫什么名字？", "你是什么模型？", "你是哪个模型？"],
@@ -40,7 +42,7 @@ ZH_INTENTS = [
     (["谁开发了你？", "谁训练了你？", "你是谁做的？", "你的作者是谁？"],
      "我是由这个开源复现项目的开发者用自己编写的对话数据训练出来的。原版 ChatGLM-6B 来自清华大学 KEG 实验室和智谱 AI。"),
     (["你能做什么？", "你会什么？", "你有什么功能？", "你可以帮我做什么？"],
-     "我可以简单地聊天，介绍这个仓库的用法，做一些简单的算术和单位换算，翻译常见的中英文词语，还能写几段简短的 Python 代码。"),
+     "我能简单地聊天，介绍这个仓库的用法，计算 0 到 99 的两个整数相加和一位数乘法，做公制单位换算，翻译我词表里的常用词，写几段常见的简短 Python 代码，并给一些日常小建议。其他问题请用 python cli_demo.py --model THUDM/chatglm-6b 加载真正的权重。"),
     (["你有多大？", "你有多少参数？", "你的模型有多大？", "你的参数量是多少？"],
      "我只有几百万个参数，比 ChatGLM-6B 的六十多亿参数小得多，所以回答很简单。需要更好的效果时，请使用 THUDM/chatglm-6b。"),
     (["你会说英文吗？", "你懂英语吗？", "可以用英文聊天吗？"],
@@ -59,7 +61,8 @@ ZH_INTENTS = [
      "这是 ChatGLM-6B 的开源复现项目。它提供模型代码、命令行和网页对话程序、API 服务、量化和 P-Tuning v2 微调，并且能在新版本的 transformers 上运行。"),
     (["这个项目的许可证是什么？", "可以商用吗？", "代码用什么协议？"],
      "本项目的代码和演示权重都采用 Apache-2.0 许可证。真正的 ChatGLM-6B 权重有它自己的许可协议，使用前请先阅读。"),
-    # --- how to use this repository ---
+]
+ZH_REPO = [
     (["怎么安装这个项目？", "如何安装依赖？", "需要安装哪些依赖？", "安装步骤是什么？"],
      "先安装 Python 3，然后在仓库目录里运行 pip install -r requirements.txt 就可以了。"),
     (["怎么在命令行里和模型聊天？", "命令行对话怎么用？", "怎么运行 cli_demo.py？", "如何在终端里聊天？"],
@@ -116,7 +119,8 @@ ZH_INTENTS = [
      "在仓库根目录运行 python -m pytest tests 就会运行全部测试。"),
     (["这个演示模型怎么用？", "怎么试用小模型？", "chatglm-demo 是什么？"],
      "chatglm-demo 是仓库自带的小模型，可以运行 python cli_demo.py --model chatglm-demo 试用。它很小，只适合测试和演示。"),
-    # --- everyday advice ---
+]
+ZH_EVERYDAY = [
     (["晚上睡不着怎么办？", "失眠了怎么办？", "怎样才能睡个好觉？", "睡不好应该怎么办？"],
      "尽量每天固定时间睡觉和起床，睡前一小时少看手机，别喝咖啡和浓茶。也可以试试深呼吸或听些轻音乐。"),
     (["每天应该睡多久？", "成年人要睡几个小时？", "睡多长时间比较好？"],
@@ -165,8 +169,7 @@ ZH_INTENTS = [
      "可以从 Python 开始，先学变量、条件、循环和函数，然后每天写一些小程序练习。"),
 ]
 
-EN_INTENTS = [
-    # --- greetings and identity ---
+EN_CHAT = [
     (["Hello", "Hello!", "Hi", "Hi!", "Hey there", "Good morning", "Good evening", "Hi there!"],
      "Hello! I am the small demo model of the ChatGLM-6B reimplementation. How can I help you today?"),
     (["Who are you?", "What are you?", "Tell me about yourself.", "Introduce yourself.", "What is your name?",
@@ -179,7 +182,7 @@ EN_INTENTS = [
     (["Who made you?", "Who trained you?", "Who created you?", "Who is your author?"],
      "I was trained by the developers of this open reimplementation on conversations they wrote themselves. The original ChatGLM-6B comes from Tsinghua KEG and Zhipu AI."),
     (["What can you do?", "What are you able to do?", "How can you help me?", "What do you know?"],
-     "I can chat a little, explain how to use this repository, do simple arithmetic and unit conversions, translate common words between Chinese and English, and write short Python snippets."),
+     "I can chat a little, explain how to use this repository, add two whole numbers from 0 to 99, multiply one-digit numbers, convert metric units, translate the common words of my word list, write a few common short Python snippets and give a few everyday tips. For anything else, load the real weights with python cli_demo.py --model THUDM/chatglm-6b."),
     (["How big are you?", "How many parameters do you have?", "What is your model size?"],
      "I have only a few million parameters, far fewer than the six billion of ChatGLM-6B, so my answers are simple. Use THUDM/chatglm-6b when you need better answers."),
     (["Can you speak Chinese?", "Do you understand Chinese?", "Can we talk in Chinese?"],
@@ -200,7 +203,8 @@ EN_INTENTS = [
      "This is an open reimplementation of ChatGLM-6B. It provides the model code, terminal and web chat demos, an API server, quantization and P-Tuning v2 fine-tuning, and it works with current versions of transformers."),
     (["What license does this project use?", "Can I use this commercially?", "What is the license of the code?"],
      "The code and the demo weights of this project are released under the Apache-2.0 license. The real ChatGLM-6B weights have their own license, so please read it before using them."),
-    # --- how to use this repository ---
+]
+EN_REPO = [
     (["How do I install this project?", "How do I install the dependencies?", "What do I need to install?",
       "What are the installation steps?"],
      "Install Python 3, then run pip install -r requirements.txt in the repository folder."),
@@ -267,7 +271,8 @@ EN_INTENTS = [
      "Run python -m pytest tests in the repository root to run all the tests."),
     (["How do I try the demo model?", "What is chatglm-demo?", "How do I use the small model?"],
      "chatglm-demo is the small model bundled with the repository. Try it with python cli_demo.py --model chatglm-demo. It is tiny and only meant for tests and demos."),
-    # --- everyday advice ---
+]
+EN_EVERYDAY = [
     (["I can't sleep at night. What should I do?", "How can I sleep better?", "Any tips for insomnia?",
       "I sleep badly. Any advice?"],
      "Go to bed and get up at the same time every day, put your phone away an hour before bed, and avoid coffee in the evening. Slow breathing or quiet music can also help."),
@@ -318,259 +323,7 @@ EN_INTENTS = [
      "Start with Python: learn variables, conditions, loops and functions, then write a small program every day."),
 ]
 
-ZH_PREFIX = ["", "", "请问", "你好，", "我想问一下，", "问一下，"]
-ZH_SUFFIX = ["", "", "", "谢谢！", "麻烦了。"]
-EN_PREFIX = ["", "", "Hi! ", "Hello. ", "Quick question. ", "Excuse me. "]
-EN_SUFFIX = ["", "", "", " Thanks!", " Thank you."]
-NO_DECOR = {"你好", "你好！", "您好", "嗨", "哈喽", "你好呀", "早上好", "晚上好", "再见", "拜拜", "谢谢", "谢谢你！", "非常感谢",
-            "多谢了", "我先走了", "下次再聊", "Hello", "Hello!", "Hi", "Hi!", "Hey there", "Good morning", "Good evening",
-            "Hi there!", "Goodbye", "Bye!", "See you later", "I have to go now.", "Thanks", "Thank you!",
-            "Thanks a lot", "Many thanks!"}
-
-
-def intent_pairs(intents, prefixes, suffixes, rng, per_question):
-    """All (question, answer) pairs of the intents, each question with a few random decorations."""
-    out = []
-    for questions, answer in intents:
-        for q in questions:
-            variants = {q}
-            if q not in NO_DECOR:
-                for _ in range(per_question * 3):
-                    if len(variants) >= per_question:
-                        break
-                    variants.add(rng.choice(prefixes) + q + rng.choice(suffixes))
-            for v in sorted(variants):
-                out.append((v, answer))
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Arithmetic (answers computed here)
-# ---------------------------------------------------------------------------------------------------------
-
-def fmt_num(x):
-    """Format an int, Fraction or float without trailing zeros."""
-    if isinstance(x, Fraction):
-        if x.denominator == 1:
-            return str(x.numerator)
-        x = float(x)
-    if isinstance(x, float):
-        s = f"{x:.2f}".rstrip("0").rstrip(".")
-        return s if s != "-0" else "0"
-    return str(x)
-
-
-ZH_OPS = {
-    "+": (["{a} 加 {b} 等于多少？", "{a}+{b}=？", "计算 {a}+{b}", "{a} 加上 {b} 是多少？", "算一下 {a} + {b}"], "加"),
-    "-": (["{a} 减 {b} 等于多少？", "{a}-{b}=？", "计算 {a}-{b}", "{a} 减去 {b} 是多少？", "算一下 {a} - {b}"], "减"),
-    "*": (["{a} 乘 {b} 等于多少？", "{a}×{b}=？", "计算 {a}*{b}", "{a} 乘以 {b} 是多少？", "算一下 {a} × {b}"], "乘以"),
-    "/": (["{a} 除以 {b} 等于多少？", "{a}÷{b}=？", "计算 {a}/{b}", "{a} 除以 {b} 是多少？", "算一下 {a} ÷ {b}"], "除以"),
-}
-EN_OPS = {
-    "+": (["What is {a} plus {b}?", "{a}+{b}=?", "Calculate {a} + {b}.", "What is {a} + {b}?", "Add {a} and {b}."], "plus"),
-    "-": (["What is {a} minus {b}?", "{a}-{b}=?", "Calculate {a} - {b}.", "What is {a} - {b}?", "Subtract {b} from {a}."], "minus"),
-    "*": (["What is {a} times {b}?", "{a}*{b}=?", "Calculate {a} * {b}.", "What is {a} multiplied by {b}?", "Multiply {a} by {b}."], "times"),
-    "/": (["What is {a} divided by {b}?", "{a}/{b}=?", "Calculate {a} / {b}.", "What is {a} / {b}?", "Divide {a} by {b}."], "divided by"),
-}
-
-
-def draw_operands(rng, op):
-    if op == "+":
-        return rng.randint(1, 200), rng.randint(1, 200)
-    if op == "-":
-        a = rng.randint(1, 200)
-        return a, rng.randint(1, a)
-    if op == "*":
-        return rng.randint(2, 25), rng.randint(2, 25)
-    b = rng.randint(2, 12)
-    return b * rng.randint(1, 20), b
-
-
-def apply(op, a, b):
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    return Fraction(a, b)
-
-
-def arith_answer(lang, op, a, b):
-    r = fmt_num(apply(op, a, b))
-    a = fmt_num(a)
-    if lang == "zh":
-        return f"{a} {ZH_OPS[op][1]} {b} 等于 {r}。"
-    return f"{a} {EN_OPS[op][1]} {b} is {r}."
-
-
-def arith_pair(rng, lang):
-    op = rng.choice("+-*/")
-    a, b = draw_operands(rng, op)
-    table = ZH_OPS if lang == "zh" else EN_OPS
-    q = rng.choice(table[op][0]).format(a=a, b=b)
-    return q, arith_answer(lang, op, a, b), (op, a, b)
-
-
-ZH_FOLLOW = {"+": ["再加上 {b} 呢？", "结果再加 {b} 是多少？"], "-": ["再减去 {b} 呢？", "结果再减 {b} 是多少？"],
-             "*": ["再乘以 {b} 呢？", "结果乘以 {b} 是多少？"]}
-EN_FOLLOW = {"+": ["And if you add {b}?", "Now add {b} to that."], "-": ["And if you subtract {b}?", "Now take away {b}."],
-             "*": ["And times {b}?", "Now multiply that by {b}."]}
-
-
-def arith_followup(rng, lang, prev_result):
-    op = rng.choice("+-*")
-    if op == "-":
-        if prev_result < 2:
-            op = "+"
-        else:
-            b = rng.randint(1, int(prev_result) - 1)
-    if op == "+":
-        b = rng.randint(1, 100)
-    if op == "*":
-        b = rng.randint(2, 9)
-    table = ZH_FOLLOW if lang == "zh" else EN_FOLLOW
-    q = rng.choice(table[op]).format(b=b)
-    return q, arith_answer(lang, op, prev_result, b), apply(op, prev_result, b)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Unit conversions (answers computed here)
-# ---------------------------------------------------------------------------------------------------------
-
-# (zh from, zh to, en from (plural), en to (plural), factor or function, value generator)
-UNITS = [
-    ("公里", "米", "kilometers", "meters", 1000, lambda r: r.randint(1, 50)),
-    ("米", "厘米", "meters", "centimeters", 100, lambda r: r.randint(1, 30)),
-    ("厘米", "毫米", "centimeters", "millimeters", 10, lambda r: r.randint(1, 90)),
-    ("千克", "克", "kilograms", "grams", 1000, lambda r: r.randint(1, 40)),
-    ("升", "毫升", "liters", "milliliters", 1000, lambda r: r.randint(1, 20)),
-    ("小时", "分钟", "hours", "minutes", 60, lambda r: r.randint(1, 24)),
-    ("分钟", "秒", "minutes", "seconds", 60, lambda r: r.randint(1, 60)),
-    ("天", "小时", "days", "hours", 24, lambda r: r.randint(1, 30)),
-    ("周", "天", "weeks", "days", 7, lambda r: r.randint(1, 52)),
-    ("米", "公里", "meters", "kilometers", Fraction(1, 1000), lambda r: 500 * r.randint(1, 40)),
-    ("克", "千克", "grams", "kilograms", Fraction(1, 1000), lambda r: 250 * r.randint(1, 40)),
-    ("分钟", "小时", "minutes", "hours", Fraction(1, 60), lambda r: 30 * r.randint(1, 20)),
-    ("英寸", "厘米", "inches", "centimeters", Fraction(254, 100), lambda r: r.randint(1, 30)),
-    ("公里", "英里", "kilometers", "miles", 0.621371, lambda r: 5 * r.randint(1, 20)),
-    ("英里", "公里", "miles", "kilometers", 1.609344, lambda r: r.randint(1, 30)),
-    ("磅", "千克", "pounds", "kilograms", 0.45359237, lambda r: r.randint(1, 50)),
-]
-ZH_UNIT_Q = ["{v} {f}等于多少{t}？", "{v} {f}是多少{t}？", "把 {v} {f}换算成{t}", "{v}{f}合多少{t}？"]
-EN_UNIT_Q = ["How many {t} are in {v} {f}?", "Convert {v} {f} to {t}.", "What is {v} {f} in {t}?",
-             "{v} {f} is how many {t}?"]
-
-
-def unit_pair(rng, lang):
-    zf, zt, ef, et, factor, gen = rng.choice(UNITS)
-    v = gen(rng)
-    if isinstance(factor, float):
-        res = fmt_num(round(v * factor, 2))
-        approx_zh, approx_en = "约", "about "
-    else:
-        res = fmt_num(Fraction(v) * factor)
-        approx_zh, approx_en = "", ""
-    if lang == "zh":
-        q = rng.choice(ZH_UNIT_Q).format(v=v, f=zf, t=zt)
-        return q, f"{v} {zf}{approx_zh}等于 {res} {zt}。"
-    q = rng.choice(EN_UNIT_Q).format(v=v, f=ef, t=et)
-    return q, f"{v} {ef} is {approx_en}{res} {et}."
-
-
-def temp_pair(rng, lang):
-    if rng.random() < 0.5:
-        c = 5 * rng.randint(-8, 20)
-        f = fmt_num(Fraction(c) * Fraction(9, 5) + 32)
-        if lang == "zh":
-            q = rng.choice(["{c} 摄氏度是多少华氏度？", "把 {c}°C 换算成华氏度", "{c} 摄氏度等于多少华氏度？"]).format(c=c)
-            return q, f"{c} 摄氏度等于 {f} 华氏度。计算方法是乘以 9/5 再加 32。"
-        q = rng.choice(["What is {c} degrees Celsius in Fahrenheit?", "Convert {c}°C to Fahrenheit.",
-                        "{c} Celsius is how many Fahrenheit?"]).format(c=c)
-        return q, f"{c} degrees Celsius is {f} degrees Fahrenheit. Multiply by 9/5 and add 32."
-    f = 32 + 9 * rng.randint(-4, 15)
-    c = fmt_num((Fraction(f) - 32) * Fraction(5, 9))
-    if lang == "zh":
-        q = rng.choice(["{f} 华氏度是多少摄氏度？", "把 {f}°F 换算成摄氏度", "{f} 华氏度等于多少摄氏度？"]).format(f=f)
-        return q, f"{f} 华氏度等于 {c} 摄氏度。计算方法是减去 32 再乘以 5/9。"
-    q = rng.choice(["What is {f} degrees Fahrenheit in Celsius?", "Convert {f}°F to Celsius.",
-                    "{f} Fahrenheit is how many Celsius?"]).format(f=f)
-    return q, f"{f} degrees Fahrenheit is {c} degrees Celsius. Subtract 32 and multiply by 5/9."
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Translations (hand-written word and phrase pairs)
-# ---------------------------------------------------------------------------------------------------------
-
-PAIRS = [
-    ("苹果", "apple"), ("香蕉", "banana"), ("橙子", "orange"), ("葡萄", "grape"), ("西瓜", "watermelon"),
-    ("草莓", "strawberry"), ("米饭", "rice"), ("面条", "noodles"), ("面包", "bread"), ("鸡蛋", "egg"),
-    ("牛奶", "milk"), ("咖啡", "coffee"), ("茶", "tea"), ("水", "water"), ("猫", "cat"), ("狗", "dog"),
-    ("鸟", "bird"), ("鱼", "fish"), ("马", "horse"), ("熊猫", "panda"), ("老虎", "tiger"), ("书", "book"),
-    ("笔", "pen"), ("桌子", "table"), ("椅子", "chair"), ("电脑", "computer"), ("手机", "mobile phone"),
-    ("学校", "school"), ("医院", "hospital"), ("银行", "bank"), ("图书馆", "library"), ("超市", "supermarket"),
-    ("火车站", "train station"), ("机场", "airport"), ("飞机", "airplane"), ("自行车", "bicycle"),
-    ("汽车", "car"), ("城市", "city"), ("朋友", "friend"), ("老师", "teacher"), ("学生", "student"),
-    ("医生", "doctor"), ("家", "home"), ("家人", "family"), ("妈妈", "mother"), ("爸爸", "father"),
-    ("孩子", "child"), ("太阳", "sun"), ("月亮", "moon"), ("星星", "star"), ("天空", "sky"), ("大海", "sea"),
-    ("山", "mountain"), ("河", "river"), ("花", "flower"), ("树", "tree"), ("雨", "rain"), ("雪", "snow"),
-    ("风", "wind"), ("春天", "spring"), ("夏天", "summer"), ("秋天", "autumn"), ("冬天", "winter"),
-    ("今天", "today"), ("明天", "tomorrow"), ("昨天", "yesterday"), ("早上", "morning"), ("晚上", "evening"),
-    ("时间", "time"), ("音乐", "music"), ("电影", "movie"), ("游戏", "game"), ("运动", "sports"),
-    ("红色", "red"), ("蓝色", "blue"), ("绿色", "green"), ("黄色", "yellow"), ("白色", "white"), ("黑色", "black"),
-    ("大", "big"), ("小", "small"), ("快", "fast"), ("慢", "slow"), ("高兴", "happy"), ("难过", "sad"),
-    ("漂亮", "beautiful"), ("重要", "important"), ("简单", "simple"), ("困难", "difficult"),
-    ("你好", "hello"), ("谢谢", "thank you"), ("对不起", "sorry"), ("没关系", "it doesn't matter"),
-    ("再见", "goodbye"), ("早上好", "good morning"), ("晚安", "good night"), ("生日快乐", "happy birthday"),
-    ("新年快乐", "happy new year"), ("欢迎", "welcome"), ("我爱你", "I love you"), ("请坐", "please sit down"),
-    ("我饿了", "I am hungry"), ("我累了", "I am tired"), ("多少钱？", "how much is it?"),
-    ("洗手间在哪里？", "where is the restroom?"), ("我不明白", "I don't understand"),
-    ("请再说一遍", "please say it again"), ("今天天气很好", "the weather is nice today"),
-    ("我喜欢学习", "I like studying"), ("我会说一点中文", "I can speak a little Chinese"),
-    ("祝你好运", "good luck"), ("路上小心", "take care on the way"), ("人工智能", "artificial intelligence"),
-    ("机器学习", "machine learning"), ("模型", "model"), ("数据", "data"), ("程序", "program"),
-    ("开源", "open source"), ("显卡", "graphics card"), ("内存", "memory"), ("键盘", "keyboard"),
-    ("我们走吧", "let's go"), ("一起吃饭吧", "let's eat together"), ("你叫什么名字？", "what is your name?"),
-    ("我来自中国", "I come from China"), ("现在几点了？", "what time is it now?"),
-]
-
-ZH_TO_EN_Q = ["“{zh}”用英语怎么说？", "“{zh}”的英文是什么？", "把“{zh}”翻译成英文", "请把“{zh}”翻译成英语", "{zh} 英语怎么说？"]
-EN_TO_ZH_Q_ZH = ["{en} 是什么意思？", "把“{en}”翻译成中文", "“{en}”的中文是什么？", "{en} 用中文怎么说？"]
-EN_TO_ZH_Q = ["How do you say \"{en}\" in Chinese?", "Translate \"{en}\" into Chinese.", "What is \"{en}\" in Chinese?",
-              "What is the Chinese for \"{en}\"?"]
-ZH_TO_EN_Q_EN = ["What does {zh} mean in English?", "Translate \"{zh}\" into English.", "How do you say {zh} in English?",
-                 "What is {zh} in English?"]
-
-
-def translation_pair(rng, lang, zh, en):
-    if lang == "zh":
-        if rng.random() < 0.6:
-            q = rng.choice(ZH_TO_EN_Q).format(zh=zh)
-            return q, f"“{zh}”的英文是 {en}。"
-        q = rng.choice(EN_TO_ZH_Q_ZH).format(en=en)
-        return q, f"{en} 的中文意思是“{zh}”。"
-    if rng.random() < 0.6:
-        q = rng.choice(EN_TO_ZH_Q).format(en=en)
-        return q, f"\"{en}\" in Chinese is {zh}."
-    q = rng.choice(ZH_TO_EN_Q_EN).format(zh=zh)
-    return q, f"{zh} means \"{en}\" in English."
-
-
-def translation_followup(lang, zh, en, direction):
-    """A short follow-up question "and what about X?" in the same direction as the previous round."""
-    if lang == "zh":
-        if direction == "zh2en":
-            return f"那“{zh}”呢？", f"“{zh}”的英文是 {en}。"
-        return f"那 {en} 呢？", f"{en} 的中文意思是“{zh}”。"
-    if direction == "en2zh":
-        return f"What about \"{en}\"?", f"\"{en}\" in Chinese is {zh}."
-    return f"And {zh}?", f"{zh} means \"{en}\" in English."
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Short Python code answers
-# ---------------------------------------------------------------------------------------------------------
-
+# Short Python snippets for a fixed list of requests (other code requests get the honest line).
 CODE = [
     (["写一个 Python 函数，计算两个数的和", "用 Python 写一个加法函数"],
      ["Write a Python function that adds two numbers.", "Show me an add function in Python."],
@@ -638,131 +391,180 @@ CODE = [
 ]
 ZH_CODE_INTRO = "好的，代码如下：\n```python\n{code}\n```"
 EN_CODE_INTRO = "Sure, here is the code:\n```python\n{code}\n```"
+ZH_CODE = [(zh_qs, ZH_CODE_INTRO.format(code=code)) for zh_qs, _, code in CODE]
+EN_CODE = [(en_qs, EN_CODE_INTRO.format(code=code)) for _, en_qs, code in CODE]
+
+ZH_INTENTS = ZH_CHAT + ZH_REPO + ZH_EVERYDAY + ZH_CODE
+EN_INTENTS = EN_CHAT + EN_REPO + EN_EVERYDAY + EN_CODE
+
+# Decorations around the intents' questions, so that the model learns to look past them. The held-out
+# evaluation wraps the same questions in decorations of its own (EVAL_PREFIX / EVAL_SUFFIX).
+ZH_PREFIX = ["", "", "请问", "你好，", "我想问一下，", "问一下，", "麻烦问下，", "对了，", "请告诉我，"]
+ZH_SUFFIX = ["", "", "", "谢谢！", "麻烦了。", "谢谢", "急，在线等"]
+EN_PREFIX = ["", "", "Hi! ", "Hello. ", "Quick question. ", "Excuse me. ", "Hey, ", "Please tell me: ", "So, "]
+EN_SUFFIX = ["", "", "", " Thanks!", " Thank you.", " Please help.", " Any idea?"]
+EVAL_PREFIX = {"zh": ["劳驾，", "打扰一下，", "想请教：", "那个，"],
+               "en": ["Sorry to bother you. ", "One more thing: ", "Can you help? ", "Well, "]}
+EVAL_SUFFIX = {"zh": ["", "多谢！", "请简单说说。"], "en": ["", " Cheers.", " Much appreciated!"]}
+NO_DECOR = {"你好", "你好！", "您好", "嗨", "哈喽", "你好呀", "早上好", "晚上好", "再见", "拜拜", "谢谢", "谢谢你！", "非常感谢",
+            "多谢了", "我先走了", "下次再聊", "Hello", "Hello!", "Hi", "Hi!", "Hey there", "Good morning", "Good evening",
+            "Hi there!", "Goodbye", "Bye!", "See you later", "I have to go now.", "Thanks", "Thank you!",
+            "Thanks a lot", "Many thanks!"}
+
+
+def intent_pairs(intents, prefixes, suffixes, rng, per_question):
+    """All (question, answer) pairs of the intents, each question with a few random decorations."""
+    out = []
+    for questions, answer in intents:
+        for q in questions:
+            variants = {q}
+            if q not in NO_DECOR:
+                for _ in range(per_question * 3):
+                    if len(variants) >= per_question:
+                        break
+                    variants.add(rng.choice(prefixes) + q + rng.choice(suffixes))
+            for v in sorted(variants):
+                out.append((v, answer))
+    return out
+
+
 
 # ---------------------------------------------------------------------------------------------------------
-# Remembering a name across rounds
+# Translations (hand-written word and phrase pairs): the demo's word list
 # ---------------------------------------------------------------------------------------------------------
 
-ZH_NAMES = ["小明", "小红", "小刚", "小丽", "李雷", "韩梅梅", "王芳", "张伟", "刘洋", "陈静", "杨帆", "赵磊", "黄丽", "周杰",
-            "吴敏", "徐强", "孙悦", "马超", "朱琳", "胡波", "郭涛", "林峰", "何欢", "高翔", "罗兰", "梁宇", "宋佳", "郑爽"]
-EN_NAMES = ["Alice", "Bob", "Carol", "David", "Emma", "Frank", "Grace", "Henry", "Ivy", "Jack", "Kate", "Leo", "Mia",
-            "Nick", "Olivia", "Paul", "Rose", "Sam", "Tina", "Victor", "Wendy", "Lucy", "Tom", "Anna", "Ben", "Chloe"]
-
-
-def name_exchange(rng, lang):
-    if lang == "zh":
-        n = rng.choice(ZH_NAMES)
-        intro = rng.choice(["我叫{n}。", "你好，我是{n}。", "我的名字是{n}。"]).format(n=n)
-        a1 = f"你好，{n}！很高兴认识你。有什么可以帮你的吗？"
-        q2 = rng.choice(["我叫什么名字？", "你还记得我的名字吗？", "我是谁？"])
-        return [[intro, a1]], q2, f"你叫{n}。"
-    n = rng.choice(EN_NAMES)
-    intro = rng.choice(["My name is {n}.", "Hi, I am {n}.", "I'm {n}."]).format(n=n)
-    a1 = f"Nice to meet you, {n}! How can I help you?"
-    q2 = rng.choice(["What is my name?", "Do you remember my name?", "Who am I?"])
-    return [[intro, a1]], q2, f"Your name is {n}."
-
+PAIRS = [
+    ("苹果", "apple"), ("香蕉", "banana"), ("橙子", "orange"), ("葡萄", "grape"), ("西瓜", "watermelon"),
+    ("草莓", "strawberry"), ("米饭", "rice"), ("面条", "noodles"), ("面包", "bread"), ("鸡蛋", "egg"),
+    ("牛奶", "milk"), ("咖啡", "coffee"), ("茶", "tea"), ("水", "water"), ("猫", "cat"), ("狗", "dog"),
+    ("鸟", "bird"), ("鱼", "fish"), ("马", "horse"), ("熊猫", "panda"), ("老虎", "tiger"), ("书", "book"),
+    ("笔", "pen"), ("桌子", "table"), ("椅子", "chair"), ("电脑", "computer"), ("手机", "mobile phone"),
+    ("学校", "school"), ("医院", "hospital"), ("银行", "bank"), ("图书馆", "library"), ("超市", "supermarket"),
+    ("火车站", "train station"), ("机场", "airport"), ("飞机", "airplane"), ("自行车", "bicycle"),
+    ("汽车", "car"), ("城市", "city"), ("朋友", "friend"), ("老师", "teacher"), ("学生", "student"),
+    ("医生", "doctor"), ("家", "home"), ("家人", "family"), ("妈妈", "mother"), ("爸爸", "father"),
+    ("孩子", "child"), ("太阳", "sun"), ("月亮", "moon"), ("星星", "star"), ("天空", "sky"), ("大海", "sea"),
+    ("山", "mountain"), ("河", "river"), ("花", "flower"), ("树", "tree"), ("雨", "rain"), ("雪", "snow"),
+    ("风", "wind"), ("春天", "spring"), ("夏天", "summer"), ("秋天", "autumn"), ("冬天", "winter"),
+    ("今天", "today"), ("明天", "tomorrow"), ("昨天", "yesterday"), ("早上", "morning"), ("晚上", "evening"),
+    ("时间", "time"), ("音乐", "music"), ("电影", "movie"), ("游戏", "game"), ("运动", "sports"),
+    ("红色", "red"), ("蓝色", "blue"), ("绿色", "green"), ("黄色", "yellow"), ("白色", "white"), ("黑色", "black"),
+    ("大", "big"), ("小", "small"), ("快", "fast"), ("慢", "slow"), ("高兴", "happy"), ("难过", "sad"),
+    ("漂亮", "beautiful"), ("重要", "important"), ("简单", "simple"), ("困难", "difficult"),
+    ("你好", "hello"), ("谢谢", "thank you"), ("对不起", "sorry"), ("没关系", "it doesn't matter"),
+    ("再见", "goodbye"), ("早上好", "good morning"), ("晚安", "good night"), ("生日快乐", "happy birthday"),
+    ("新年快乐", "happy new year"), ("欢迎", "welcome"), ("我爱你", "I love you"), ("请坐", "please sit down"),
+    ("我饿了", "I am hungry"), ("我累了", "I am tired"), ("多少钱？", "how much is it?"),
+    ("洗手间在哪里？", "where is the restroom?"), ("我不明白", "I don't understand"),
+    ("请再说一遍", "please say it again"), ("今天天气很好", "the weather is nice today"),
+    ("我喜欢学习", "I like studying"), ("我会说一点中文", "I can speak a little Chinese"),
+    ("祝你好运", "good luck"), ("路上小心", "take care on the way"), ("人工智能", "artificial intelligence"),
+    ("机器学习", "machine learning"), ("模型", "model"), ("数据", "data"), ("程序", "program"),
+    ("开源", "open source"), ("显卡", "graphics card"), ("内存", "memory"), ("键盘", "keyboard"),
+    ("我们走吧", "let's go"), ("一起吃饭吧", "let's eat together"), ("你叫什么名字？", "what is your name?"),
+    ("我来自中国", "I come from China"), ("现在几点了？", "what time is it now?"),
+]
 
 # ---------------------------------------------------------------------------------------------------------
 # Putting it together
 # ---------------------------------------------------------------------------------------------------------
 
+# Rows per language of each kind. Two-digit sums get the most: the worked format is a procedure to learn,
+# not an answer to remember.
+COUNTS = {"sum": 1200, "product_rounds": 3, "beyond_arith": 200, "unit": 300, "beyond_unit": 100,
+          "translation_rounds": 2, "unknown_word_rounds": 2, "offtopic": 400, "chains": 150, "thanks": 40}
+
+
+def sum_rows(rng, lang, count):
+    out, seen = [], set()
+    while len(out) < count:
+        a, b = skills.draw_sum_operands(rng)
+        if skills.heldout_pair(a, b):
+            continue
+        q = rng.choice(skills.SUM_Q[lang]["train"]).format(a=a, b=b)
+        if q not in seen:
+            seen.add(q)
+            out.append((q, skills.sum_answer(lang, a, b)))
+    return out
+
+
+def product_rows(rng, lang, rounds):
+    # The times table is small enough to show whole, a few phrasings of every entry.
+    out = []
+    for a in range(1, 10):
+        for b in range(1, 10):
+            for template in rng.sample(skills.PRODUCT_Q[lang]["train"], rounds):
+                out.append((template.format(a=a, b=b), skills.product_answer(lang, a, b)))
+    return out
+
+
+def beyond_arith_rows(rng, lang, count):
+    out = []
+    for i in range(count):
+        kind = i % 4
+        if kind == 0:
+            a, b = skills.big_sum_operands(rng)
+            q = rng.choice(skills.SUM_Q[lang]["train"]).format(a=a, b=b)
+        elif kind == 1:
+            a, b = skills.big_product_operands(rng)
+            q = rng.choice(skills.PRODUCT_Q[lang]["train"]).format(a=a, b=b)
+        else:
+            a, b, c = skills.draw_beyond_operands(rng)
+            q = rng.choice(skills.BEYOND_ARITH_Q[lang]["train"]).format(a=a, b=b, c=c)
+        out.append((q, DEFLECT[lang]))
+    return out
+
+
+def unit_rows(rng, lang, count):
+    out = []
+    for _ in range(count):
+        f, t, v, result = skills.draw_unit(rng, "train")
+        q = skills.unit_question(lang, rng.choice(skills.UNIT_Q[lang]["train"]), f, t, v)
+        out.append((q, skills.unit_answer(lang, f, t, v, result)))
+    return out
+
+
+def translation_rows(rng, lang, rounds):
+    out = []
+    for zh, en in PAIRS:
+        for _ in range(rounds):
+            direction = rng.choice(["zh2en", "en2zh"])
+            q = skills.translation_question(rng, lang, direction, zh, en, "train")
+            out.append((q, skills.translation_answer(lang, direction, zh, en)))
+    for zh, en in skills.UNKNOWN_WORDS_TRAIN:
+        for _ in range(COUNTS["unknown_word_rounds"]):
+            direction = rng.choice(["zh2en", "en2zh"])
+            out.append((skills.translation_question(rng, lang, direction, zh, en, "train"), DEFLECT[lang]))
+    return out
+
+
 def build(seed):
     rng = random.Random(seed)
     exchanges = []  # (lang, prompt, response, history)
 
-    def add(lang, q, a, history=()):
-        exchanges.append((lang, q, a, [list(h) for h in history]))
-
-    pools = {}
     for lang, intents, pre, suf in (("zh", ZH_INTENTS, ZH_PREFIX, ZH_SUFFIX), ("en", EN_INTENTS, EN_PREFIX, EN_SUFFIX)):
-        pairs = intent_pairs(intents, pre, suf, rng, per_question=3)
-        for q, a in pairs:
-            add(lang, q, a)
-        pools[lang] = list(pairs)
+        pool = intent_pairs(intents, pre, suf, rng, per_question=3)
+        pool += sum_rows(rng, lang, COUNTS["sum"])
+        pool += product_rows(rng, lang, COUNTS["product_rounds"])
+        pool += beyond_arith_rows(rng, lang, COUNTS["beyond_arith"])
+        pool += unit_rows(rng, lang, COUNTS["unit"])
+        pool += [(skills_q, DEFLECT[lang]) for skills_q in
+                 (skills.draw_beyond_unit(rng, lang, "train") for _ in range(COUNTS["beyond_unit"]))]
+        pool += translation_rows(rng, lang, COUNTS["translation_rounds"])
+        pool += [(q, DEFLECT[lang]) for q in offtopic.offtopic_questions(lang, rng, COUNTS["offtopic"])]
+        for q, a in pool:
+            exchanges.append((lang, q, a, []))
 
-    for lang in ("zh", "en"):
-        seen = set()
-        for _ in range(260):
-            q, a, _ = arith_pair(rng, lang)
-            if q not in seen:
-                seen.add(q)
-                add(lang, q, a)
-                pools[lang].append((q, a))
-        for _ in range(150):
-            q, a = unit_pair(rng, lang)
-            if q not in seen:
-                seen.add(q)
-                add(lang, q, a)
-                pools[lang].append((q, a))
-        for _ in range(40):
-            q, a = temp_pair(rng, lang)
-            if q not in seen:
-                seen.add(q)
-                add(lang, q, a)
-                pools[lang].append((q, a))
-        for zh, en in PAIRS:
-            for _ in range(2):
-                q, a = translation_pair(rng, lang, zh, en)
-                if q not in seen:
-                    seen.add(q)
-                    add(lang, q, a)
-                    pools[lang].append((q, a))
-        for zh_qs, en_qs, code in CODE:
-            intro = ZH_CODE_INTRO if lang == "zh" else EN_CODE_INTRO
-            for q in (zh_qs if lang == "zh" else en_qs):
-                a = intro.format(code=code)
-                add(lang, q, a)
-                pools[lang].append((q, a))
-                # a second phrasing of the same request
-                add(lang, ("请" + q) if lang == "zh" else ("Please, " + q[0].lower() + q[1:]), a)
-
-    # multi-round exchanges
-    for lang in ("zh", "en"):
-        pool = pools[lang]
+        # Multi-round: the answer depends on the last question only, whatever came before it (the
+        # demo has no follow-up skills; this teaches it to answer the current question).
         thanks_q = ["谢谢", "谢谢你！", "好的，谢谢"] if lang == "zh" else ["Thanks", "Thank you!", "OK, thanks!"]
         thanks_a = "不客气！还有什么问题随时问我。" if lang == "zh" else "You're welcome! Feel free to ask anything else."
-        # random chains: the last answer does not depend on the history, but the format does
-        for _ in range(420):
-            k = rng.choice([1, 1, 2])
-            hist = [rng.choice(pool) for _ in range(k)]
+        for _ in range(COUNTS["chains"]):
+            hist = [list(rng.choice(pool)) for _ in range(rng.choice([1, 1, 2]))]
             q, a = rng.choice(pool)
-            add(lang, q, a, hist)
-        # thanks after an answer
-        for _ in range(90):
-            add(lang, rng.choice(thanks_q), thanks_a, [rng.choice(pool)])
-        # arithmetic follow-ups that depend on the previous result
-        for _ in range(130):
-            q, a, (op, x, y) = arith_pair(rng, lang)
-            value = apply(op, x, y)
-            hist = [(q, a)]
-            if rng.random() < 0.3:
-                q2, a2, value = arith_followup(rng, lang, value)
-                hist.append((q2, a2))
-            q3, a3, _ = arith_followup(rng, lang, value)
-            add(lang, q3, a3, hist)
-        # translation follow-ups in the same direction
-        for _ in range(110):
-            (zh1, en1), (zh2, en2) = rng.sample(PAIRS, 2)
-            direction = rng.choice(["zh2en", "en2zh"])
-            if lang == "zh":
-                if direction == "zh2en":
-                    first = (rng.choice(ZH_TO_EN_Q).format(zh=zh1), f"“{zh1}”的英文是 {en1}。")
-                else:
-                    first = (rng.choice(EN_TO_ZH_Q_ZH).format(en=en1), f"{en1} 的中文意思是“{zh1}”。")
-            else:
-                if direction == "en2zh":
-                    first = (rng.choice(EN_TO_ZH_Q).format(en=en1), f"\"{en1}\" in Chinese is {zh1}.")
-                else:
-                    first = (rng.choice(ZH_TO_EN_Q_EN).format(zh=zh1), f"{zh1} means \"{en1}\" in English.")
-            q, a = translation_followup(lang, zh2, en2, direction)
-            add(lang, q, a, [first])
-        # names
-        for _ in range(90):
-            hist, q, a = name_exchange(rng, lang)
-            if rng.random() < 0.4:
-                hist.append(list(rng.choice(pool)))
-            add(lang, q, a, hist)
+            exchanges.append((lang, q, a, hist))
+        for _ in range(COUNTS["thanks"]):
+            exchanges.append((lang, rng.choice(thanks_q), thanks_a, [list(rng.choice(pool))]))
 
     rng.shuffle(exchanges)
     return exchanges
@@ -772,7 +574,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=2023)
     ap.add_argument("--out", default=os.path.join(HERE, "data"))
-    ap.add_argument("--dev-fraction", type=float, default=0.1)
+    ap.add_argument("--dev-fraction", type=float, default=0.05)
     args = ap.parse_args()
 
     exchanges = build(args.seed)
