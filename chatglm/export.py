@@ -11,7 +11,8 @@ PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # folder works on its own
 CODE_FILES = ("configuration_chatglm.py", "tokenization_chatglm.py", "modeling_chatglm.py", "generation.py",
               "positions.py", "quantization.py", "cpu_features.py", "cpu_kernels.py", "cpu_kernels.c",
-              "torch_fallback.py", "streaming_load.py", "checkpoint_reader.py", "huge_pages.py", "sampling.py")
+              "torch_fallback.py", "streaming_load.py", "checkpoint_reader.py", "huge_pages.py", "sampling.py",
+              "kv_cache.py", "linear.py")
 AUTO_MAP = {
     "AutoConfig": "configuration_chatglm.ChatGLMConfig",
     "AutoModel": "modeling_chatglm.ChatGLMForConditionalGeneration",

@@ -14,15 +14,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.cache_utils import Cache, DynamicLayer
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration_chatglm import ChatGLMConfig
-from .cpu_features import SCRATCH_MAX_VALUES, prompt_dtype, scratch
-from .cpu_kernels import add_source_folder, attend, matmul, rotate_qk, takes_attention, takes_matmul, takes_rotary
+from .cpu_kernels import add_source_folder, attend, rotate_qk, takes_attention, takes_rotary
 from .generation import chat, process_response, stream_chat, stream_generate
 from .huge_pages import collapse_weights
+from .kv_cache import KVCache
+from .linear import Linear
 from .positions import glm_position_ids
 from .quantization import quantize_embeddings, quantize_model, to_cpu_kernel_layout
 from .streaming_load import can_stream, load_streaming
@@ -31,32 +31,6 @@ from .streaming_load import can_stream, load_streaming
 # is sqrt(2 * 28) for every model size. Checkpoints were trained with it.
 RESIDUAL_ALPHA = math.sqrt(2 * 28)
 MASKED_SCORE = -10000.0
-
-
-# --- linear layer ----------------------------------------------------------------------------------
-
-
-class Linear(nn.Linear):
-    """nn.Linear whose decoding steps on CPU (one token per sequence, up to cpu_kernels.MOST_TOKENS) run the
-    kernels of cpu_kernels, which read the weight once for all of them. A half-precision prompt on a CPU
-    that emulates half-precision products (see cpu_features) multiplies a float32 copy of the weight;
-    everything else is nn.Linear's."""
-
-    def forward(self, x):
-        if takes_matmul(x, self.weight):
-            return matmul(x, self.weight, bias=self.bias)  # the bias added in float32, then rounded once, like F.linear
-        if not self._in_float32(x):
-            return super().forward(x)
-        # summed in float32 and rounded once, as F.linear; a weight bigger than the scratch buffer (the LM
-        # head over every position) a slice of rows at a time
-        dtype, x, rows = x.dtype, x.float(), max(1, SCRATCH_MAX_VALUES // self.in_features)
-        biases = [None] * math.ceil(self.out_features / rows) if self.bias is None else self.bias.float().split(rows)
-        return torch.cat([F.linear(x, scratch(*part.shape, torch.float32).copy_(part), bias).to(dtype)
-                          for part, bias in zip(self.weight.split(rows), biases)], dim=-1)
-
-    def _in_float32(self, x):
-        return (x.device.type == "cpu" and x.dtype != torch.float32 and prompt_dtype(x.dtype) == torch.float32
-                and not (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)))
 
 
 # --- rotary position embedding ---------------------------------------------------------------------
@@ -113,71 +87,6 @@ def rotate_queries_and_keys(qkv, rotary):
         rotate_qk(qkv, cos, sin, parts)
         return qkv[:, :, :, 0], qkv[:, :, :, 1]
     return apply_rotary(qkv[:, :, :, :2], rotary).unbind(3)  # q and k rotated at once
-
-
-# --- KV cache --------------------------------------------------------------------------------------
-
-# Positions added at a time when a cache layer runs out of room.
-CACHE_CHUNK = 256
-
-
-def cache_capacity(length):
-    """The KV-buffer growth policy of every cache here (this model's and the serving engine's batches): room
-    for ``length`` positions and the rest of its CACHE_CHUNK, so that a buffer is copied once per chunk."""
-    return (length // CACHE_CHUNK + 1) * CACHE_CHUNK
-
-
-class GrowingLayer(DynamicLayer):
-    """One layer's keys and values [batch, heads, seq, head_dim], kept at the front of a buffer with room
-    to grow. A new token is written into the buffer, where DynamicLayer's torch.cat would copy the whole
-    cache at every step (a cost that grows with the context); the buffer grows CACHE_CHUNK positions at a
-    time. `keys`/`values` are views of the buffer, so DynamicLayer's crop and batch methods still work:
-    a method that replaces them with new tensors makes the next update copy them into a new buffer."""
-
-    def lazy_initialization(self, key_states, value_states):
-        super().lazy_initialization(key_states, value_states)
-        self.key_buffer = self.value_buffer = None
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        length = self.get_seq_length()
-        new_length = length + key_states.shape[-2]
-        if not self._holds_cache(key_states) or new_length > self.key_buffer.shape[-2]:
-            self._reallocate(key_states, value_states, length, new_length)
-        self.key_buffer[:, :, length:new_length] = key_states
-        self.value_buffer[:, :, length:new_length] = value_states
-        self.keys, self.values = self.key_buffer[:, :, :new_length], self.value_buffer[:, :, :new_length]
-        return self.keys, self.values
-
-    def reorder_cache(self, beam_idx):
-        """Beam search: reorder the batch in place, inside the buffer."""
-        if self.get_seq_length() > 0:
-            self.keys.copy_(self.keys.index_select(0, beam_idx.to(self.keys.device)))
-            self.values.copy_(self.values.index_select(0, beam_idx.to(self.values.device)))
-
-    def _holds_cache(self, key_states):
-        """Whether `keys` still lies at the front of the buffer (and the new states fit its layout)."""
-        buffer = self.key_buffer
-        return (buffer is not None and self.keys.data_ptr() == buffer.data_ptr() and buffer.dtype == key_states.dtype
-                and buffer.shape[:2] == key_states.shape[:2] and buffer.shape[-1] == key_states.shape[-1])
-
-    def _reallocate(self, key_states, value_states, length, new_length):
-        capacity = cache_capacity(new_length)
-        batch, heads, _, head_dim = key_states.shape
-        self.key_buffer = key_states.new_empty(batch, heads, capacity, head_dim)
-        self.value_buffer = value_states.new_empty(batch, heads, capacity, value_states.shape[-1])
-        if length:
-            self.key_buffer[:, :, :length] = self.keys
-            self.value_buffer[:, :, :length] = self.values
-
-
-class KVCache(Cache):
-    """The model's default KV cache: a DynamicCache whose layers grow in place (see GrowingLayer).
-    The model accepts any cache object with `update(key, value, layer_idx)` and `get_seq_length()`."""
-
-    def __init__(self):
-        super().__init__(layer_class_to_replicate=GrowingLayer)
 
 
 # --- attention -------------------------------------------------------------------------------------

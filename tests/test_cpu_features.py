@@ -79,15 +79,15 @@ def test_prompts_compute_in_float32_unless_the_cpu_has_bf16_dot_products(path, m
 def test_a_half_precision_prompt_multiplies_in_float32_on_the_float32_path(dtype, bias, monkeypatch):
     """The float32 product of the half-precision values, rounded once; a weight bigger than the scratch
     buffer (the LM head over every position) gives the same numbers a slice of rows at a time."""
-    from chatglm import modeling_chatglm
+    from chatglm import linear
 
     monkeypatch.setattr(cpu_features, "cpu_path", lambda: "fp32")
     generator = torch.Generator().manual_seed(0)
-    layer = modeling_chatglm.Linear(256, 300, bias=bias).to(dtype)
+    layer = linear.Linear(256, 300, bias=bias).to(dtype)
     x = torch.randn(2, 40, 256, generator=generator).to(dtype)
     expected = torch.nn.functional.linear(x.float(), layer.weight.float(),
                                           None if layer.bias is None else layer.bias.float()).to(dtype)
     with torch.no_grad():
         assert torch.equal(layer(x), expected)
-        monkeypatch.setattr(modeling_chatglm, "SCRATCH_MAX_VALUES", 256 * 64)
+        monkeypatch.setattr(linear, "SCRATCH_MAX_VALUES", 256 * 64)
         assert torch.equal(layer(x), expected)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, cpu_kernels, modeling_chatglm
+from chatglm import ChatGLMConfig, ChatGLMForConditionalGeneration, cpu_kernels, linear, modeling_chatglm
 from chatglm.cpu_features import cpu_flags
 from chatglm.quantization import QuantizedLinear, pack_int4
 
@@ -329,10 +329,10 @@ def greedy_scores(model, prompt, attention_mask=None):
 
 def count_kernel_calls(monkeypatch):
     calls = []
-    for name in ("matmul", "attend"):
-        real = getattr(modeling_chatglm, name)
+    for module, name in ((linear, "matmul"), (modeling_chatglm, "attend")):
+        real = getattr(module, name)
         counted = lambda *args, _real=real, _name=name, **kwargs: calls.append(_name) or _real(*args, **kwargs)  # noqa: E731
-        monkeypatch.setattr(modeling_chatglm, name, counted)
+        monkeypatch.setattr(module, name, counted)
     return calls
 
 

@@ -6,8 +6,8 @@ import torch
 from transformers import AutoModel, AutoTokenizer
 from transformers.cache_utils import DynamicCache
 
-import chatglm.modeling_chatglm as modeling
-from chatglm.modeling_chatglm import KVCache
+import chatglm.kv_cache as kv_cache
+from chatglm.kv_cache import KVCache
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def tokenizer(tiny_checkpoint):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setattr(modeling, "CACHE_CHUNK", 4)  # grow often
+    monkeypatch.setattr(kv_cache, "CACHE_CHUNK", 4)  # grow often
 
 
 def decode_steps(model, ids, cache, steps):

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from ..modeling_chatglm import cache_capacity
+from ..kv_cache import cache_capacity
 
 
 class BatchKVCache:

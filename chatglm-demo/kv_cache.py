@@ -1,0 +1,1 @@
+../chatglm/kv_cache.py

@@ -1,0 +1,1 @@
+../chatglm/linear.py
