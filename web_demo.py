@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(parser)
     server = add_server_args(parser, default_port=None, title="web server")
     server.add_argument("--share", action="store_true", help="also create a public gradio.live link")
-    server.add_argument("--concurrency", type=bounded(int, 1), default=8, metavar="N",
+    server.add_argument("--max-batch-size", "--concurrency", type=bounded(int, 1), default=8, metavar="N",
                         help="answers generated at the same time, batched together; others wait in the queue "
                              "(default: 8)")
     return parser
@@ -29,8 +29,8 @@ def main(argv=None) -> None:
     tokenizer, model = load_model_and_tokenizer(args)
     from chatglm.entrypoints.webui import build_demo, launch
 
-    demo = build_demo(tokenizer, model, concurrency_limit=args.concurrency)
-    launch(demo, host=args.host, port=args.port, share=args.share, concurrency_limit=args.concurrency)
+    demo = build_demo(tokenizer, model, max_batch_size=args.max_batch_size)
+    launch(demo, host=args.host, port=args.port, share=args.share, max_batch_size=args.max_batch_size)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from .huge_pages import collapse_weights
 from .kv_cache import KVCache
 from .linear import Linear
 from .positions import glm_position_ids
-from .quantization import quantize_embeddings, quantize_model, to_cpu_kernel_layout
+from .quantization import quantize_model, quantize_word_embeddings, to_cpu_kernel_layout
 from .streaming_load import can_stream, load_streaming
 
 # The original builds every block with num_layers=28 whatever the config says, so the residual scale
@@ -574,7 +574,7 @@ class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):
         return self
 
     def _quantize_embeddings(self, bits, empty):
-        quantize_embeddings(self, bits, empty=empty)
+        quantize_word_embeddings(self, bits, empty=empty)
         # The LM head shares the embeddings' scales too; transformers ties (and saves once) what this lists.
         self._tied_weights_keys = {**type(self)._tied_weights_keys,
                                    "lm_head.weight_scale": "transformer.word_embeddings.weight_scale"}

@@ -304,7 +304,7 @@ def quantize_model(transformer, bits, empty=False):
     return transformer
 
 
-def quantize_embeddings(model, bits, empty=False):
+def quantize_word_embeddings(model, bits, empty=False):
     """Quantize the word embeddings of `model` (a ChatGLMForConditionalGeneration) and the LM head tied to
     them, in place, as one shared integer matrix. `empty=True` only allocates them (for loading)."""
     _check_bits(bits)

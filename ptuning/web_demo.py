@@ -22,7 +22,7 @@ class ServerArguments:
                       metadata={"help": "Address to listen on (0.0.0.0: reachable from other machines)."})
     port: int | None = field(default=None, metadata={"help": "Port (default: 7860, or the next free one)."})
     share: bool = field(default=False, metadata={"help": "Also create a public gradio.live link."})
-    concurrency: int = field(default=8, metadata={
+    max_batch_size: int = field(default=8, metadata={
         "help": "Answers generated at the same time, batched together; others wait in the queue."})
 
 
@@ -58,9 +58,9 @@ def main(argv=None):
     from chatglm.entrypoints.webui import build_demo, launch
 
     title = "ChatGLM"
-    demo = build_demo(tokenizer, model, title=title, concurrency_limit=server_args.concurrency)
+    demo = build_demo(tokenizer, model, title=title, max_batch_size=server_args.max_batch_size)
     launch(demo, host=server_args.host, port=server_args.port, share=server_args.share,
-           concurrency_limit=server_args.concurrency)
+           max_batch_size=server_args.max_batch_size)
 
 
 if __name__ == "__main__":

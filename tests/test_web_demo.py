@@ -205,7 +205,7 @@ def test_sessions_answer_together_and_a_left_answer_stops(door_model):
     from chatglm.entrypoints.webui import build_demo
 
     tokenizer, model = door_model
-    demo = build_demo(tokenizer, model, concurrency_limit=2)
+    demo = build_demo(tokenizer, model, max_batch_size=2)
     predict = next(fn.fn for fn in demo.fns.values() if getattr(fn.fn, "__name__", "") == "predict")
     questions = ["晚上睡不着应该怎么办", "用 Python 写一个计算阶乘的函数"]
     answers = {}

@@ -19,7 +19,7 @@ from .prompts import PromptWorkers
 from .routes import AppState, router
 from .settings import ServerSettings
 
-logger = logging.getLogger("chatglm.api")
+logger = logging.getLogger(__name__)
 
 
 @contextlib.asynccontextmanager

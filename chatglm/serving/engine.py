@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..sampling import replace_invalid_scores, sample_next_tokens
 from .batch import BatchKVCache, RunningBatch, sampling_settings
 
-logger = logging.getLogger("chatglm.serving")
+logger = logging.getLogger(__name__)
 
 # Finish reasons. "stop" and "length" are what OpenAI clients know; the others end a sequence early
 # ("shutdown": the server's drain time ran out).

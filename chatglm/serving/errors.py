@@ -10,7 +10,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .protocol import FIELD_NAMES
 
-logger = logging.getLogger("chatglm.api")
+logger = logging.getLogger(__name__)
 
 BODY_EXAMPLES = {"/": '{"prompt": "你好", "history": []}',
                  "/v1/": '{"messages": [{"role": "user", "content": "你好"}]}'}

@@ -19,7 +19,7 @@ from ..entrypoints.text import is_valid_text
 from .errors import ApiError, body_example, error_response, safe_text
 from .settings import ServerSettings
 
-logger = logging.getLogger("chatglm.api")
+logger = logging.getLogger(__name__)
 
 LONGEST_INTEGER = 64  # digits; longer integer literals are read as +-10**64 (always out of range, never parsed)
 JSON_ROUTES = ("/", "/v1/chat/completions")  # the routes that take a body; other methods get their 405

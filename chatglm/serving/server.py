@@ -22,7 +22,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .settings import ServerSettings
 
-logger = logging.getLogger("chatglm.api")
+logger = logging.getLogger(__name__)
 
 TIMEOUT_RESPONSE = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
                     b"content-length: 36\r\nconnection: close\r\n\r\nthe request headers came too slowly")
