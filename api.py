@@ -56,6 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"requests generated together (default: {defaults.max_batch_size})")
     limits.add_argument("--max-queue", type=bounded(int, 1), default=defaults.max_queue, metavar="N",
                         help=f"requests waiting for a place in the batch; more get 503 (default: {defaults.max_queue})")
+    limits.add_argument("--prefill-chunk-tokens", type=bounded(int, 1), default=defaults.prefill_chunk_tokens,
+                        metavar="N", help="prompt tokens a joining request prefills between two steps of the "
+                                          "running answers, which wait meanwhile; a longer prompt joins over "
+                                          f"several steps (default: {defaults.prefill_chunk_tokens})")
     limits.add_argument("--max-body-bytes", type=bounded(int, 1), default=defaults.max_body_bytes, metavar="N",
                         help=f"largest request body; larger gets 413 and the connection is closed "
                              f"(default: {defaults.max_body_bytes})")

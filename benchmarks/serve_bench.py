@@ -16,8 +16,10 @@ could reach with this model on this machine.
 
 ``--long-history`` measures instead what one client's big request costs the others: while --streams answers
 stream, --history-clients clients each send ``POST /`` with a history of --rounds-of-history rounds, and
-the script reports the /health latency (p50 / p99 / max, polled back to back) and the longest pause between
-two chunks of a running stream, both while the long requests are in flight and before them:
+the script reports the /health latency (p50 / p99 / max, polled back to back), the longest pause between
+two chunks of a running stream, and the longest time the engine's decoding step count (read from each
+/health reply) stood still, both while the long requests are in flight and before them. The stream pause
+also counts runs of tokens that add no text; the decoding stall does not:
 
     python benchmarks/serve_bench.py --long-history                      # 1, then 4 clients of 10,000 rounds
 
@@ -141,15 +143,16 @@ async def timed_streams(client, url, headers, arrivals, stop):
 async def run_long_history(url, headers, streams, history_clients, rounds):
     """/health latencies and stream pauses before and while ``history_clients`` long histories are sent."""
     body = json.dumps({"prompt": "hi", "history": [[f"q{i}", f"a{i}"] for i in range(rounds)]}).encode()
-    health = []  # (sent at, seconds)
+    health = []  # (sent at, seconds, the engine's decoding steps so far)
     arrivals = []  # per answer streamed, its chunks' arrival times
     stop = asyncio.Event()
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=streams + 16)) as client:
         async def poll_health():
             while not stop.is_set():
                 sent = time.perf_counter()
-                (await client.get(url + "/health", headers=headers)).raise_for_status()
-                health.append((sent, time.perf_counter() - sent))
+                reply = await client.get(url + "/health", headers=headers)
+                reply.raise_for_status()
+                health.append((sent, time.perf_counter() - sent, reply.json()["engine"]["steps"]))
 
         tasks = [asyncio.create_task(timed_streams(client, url, headers, arrivals, stop)) for _ in range(streams)]
         tasks.append(asyncio.create_task(poll_health()))
@@ -167,10 +170,18 @@ async def run_long_history(url, headers, streams, history_clients, rounds):
         return [b - a for times in arrivals for a, b in zip(times, times[1:]) if b > start and a < end] or [0.0]
 
     def latencies(start, end):
-        return [seconds for sent, seconds in health if start <= sent < end] or [0.0]
+        return [seconds for sent, seconds, _ in health if start <= sent < end] or [0.0]
 
-    before = latencies(0, window_start), pauses(0, window_start)
-    during = latencies(window_start, window_end), pauses(window_start, window_end)
+    def step_stalls(start, end):
+        """Times between two /health replies that saw the step count move on: how long decoding stood
+        still. Unlike a stream's pauses, not lengthened by tokens that add no text (the demo model's
+        answers go on past their end-of-answer token here, and much of that adds nothing to the text)."""
+        moves = [sent + seconds for (sent, seconds, steps), (_, _, before) in zip(health[1:], health) if steps > before]
+        return [b - a for a, b in zip(moves, moves[1:]) if b > start and a < end] or [0.0]
+
+    before = latencies(0, window_start), pauses(0, window_start), step_stalls(0, window_start)
+    during = (latencies(window_start, window_end), pauses(window_start, window_end),
+              step_stalls(window_start, window_end))
     return {"clients": history_clients, "seconds": window_end - window_start,
             "before": before, "during": during}
 
@@ -178,17 +189,19 @@ async def run_long_history(url, headers, streams, history_clients, rounds):
 def print_long_history(rows, streams, rounds):
     print(f"{streams} streams running; each long request is POST / with a history of {rounds} rounds")
     print("| long requests | their time (s) | /health p50 / p99 / max (ms), before | during "
-          "| longest stream pause (ms), before | during |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          "| longest stream pause (ms), before | during | longest decoding stall (ms), before | during |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for row in rows:
-        (health_before, pause_before), (health_during, pause_during) = row["before"], row["during"]
+        (health_before, pause_before, stall_before), (health_during, pause_during, stall_during) = (
+            row["before"], row["during"])
 
         def ms(values):
             return (f"{statistics.median(values) * 1000:.0f} / {percentile(values, 0.99) * 1000:.0f} / "
                     f"{max(values) * 1000:.0f}")
 
         print(f"| {row['clients']} | {row['seconds']:.2f} | {ms(health_before)} | {ms(health_during)} "
-              f"| {max(pause_before) * 1000:.0f} | {max(pause_during) * 1000:.0f} |")
+              f"| {max(pause_before) * 1000:.0f} | {max(pause_during) * 1000:.0f} "
+              f"| {max(stall_before) * 1000:.0f} | {max(stall_during) * 1000:.0f} |")
 
 
 def start_server(args):

@@ -103,17 +103,27 @@ class SelfAttention(nn.Module):
 
     def forward(self, hidden_states, rotary, attention_mask, prefix_key=None, prefix_value=None, cache=None,
                 output_attentions=False):
+        q, k, v = self.project(hidden_states, rotary)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_id)
+        if prefix_key is not None:  # P-Tuning v2 keys carry no rotary; every query sees them
+            k, v = torch.cat((prefix_key, k), dim=2), torch.cat((prefix_value, v), dim=2)
+        return self.attend_keys(q, k, v, attention_mask, output_attentions)
+
+    def project(self, hidden_states, rotary):
+        """Queries, keys and values of ``hidden_states`` [batch, seq, hidden], rotated: each [batch, heads, seq,
+        head_dim]."""
         batch, seq, _ = hidden_states.shape
         # The fused projection is laid out per head: [q_h | k_h | v_h] for head h.
         qkv = self.query_key_value(hidden_states).view(batch, seq, self.num_heads, 3, self.head_dim)
         q, k = rotate_queries_and_keys(qkv, rotary)
         v = qkv[:, :, :, 2]  # each [batch, seq, heads, head_dim]
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, seq, head_dim]
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_id)
-        if prefix_key is not None:  # P-Tuning v2 keys carry no rotary; every query sees them
-            k, v = torch.cat((prefix_key, k), dim=2), torch.cat((prefix_value, v), dim=2)
+        return (t.transpose(1, 2) for t in (q, k, v))  # [batch, heads, seq, head_dim]
 
+    def attend_keys(self, q, k, v, attention_mask, output_attentions=False):
+        """The attention output [batch, query, hidden] of queries over keys/values (the cache's and any
+        prefix's included), and the probabilities if asked for."""
+        batch, _, seq, _ = q.shape
         if output_attentions:
             context, probs = self.layer_scaled_attention(q, k, v, attention_mask)
         else:
@@ -165,9 +175,13 @@ class GLMBlock(GradientCheckpointingLayer):
         normed = self.input_layernorm(hidden_states)
         attention_output, probs = self.attention(normed, rotary, attention_mask, prefix_key, prefix_value, cache,
                                                  output_attentions)
+        return self.after_attention(normed, attention_output), probs
+
+    def after_attention(self, normed, attention_output):
+        """The block's output from its normed input and the attention's output: residual, MLP, residual."""
         hidden_states = normed * RESIDUAL_ALPHA + attention_output
         normed = self.post_attention_layernorm(hidden_states)
-        return normed * RESIDUAL_ALPHA + self.mlp(normed), probs
+        return normed * RESIDUAL_ALPHA + self.mlp(normed)
 
 
 class PrefixEncoder(nn.Module):
@@ -413,6 +427,50 @@ class ChatGLMModel(ChatGLMPreTrainedModel):
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
+
+
+    def prefill_in_pieces(self, input_ids, cache, chunk_tokens):
+        """A generator that runs a prompt ``input_ids`` [1, seq] into the empty ``cache`` as ``forward`` does,
+        in pieces, so that the caller can do other work between them (the serving engine decodes its running
+        batch). Each piece takes at most ``chunk_tokens`` tokens through one half of one layer, and the
+        generator yields its cost in prompt tokens: a piece of n tokens costs n / (2 * layers). It returns the
+        last token's final hidden state [1, 1, hidden].
+
+        Tokens cannot simply be fed a chunk at a time through the whole model: the context before <sop>
+        attends both ways, so a token's keys at one layer depend on the LATER tokens at the layer below.
+        Instead every layer goes in two passes over the chunks: first the queries, keys and values of every
+        chunk (the whole layer's keys must exist before any token attends), then each chunk's attention and
+        MLP. The numbers are forward's, up to rounding in products of a different shape."""
+        batch, seq = input_ids.shape
+        hidden_states = self.word_embeddings(input_ids).to(self.final_layernorm.weight.dtype)
+        prefix_length = self.pre_seq_len or 0
+        prefix = self.prefix_key_values(batch, input_ids.device, hidden_states.dtype) if prefix_length else None
+        mask = self.get_attention_mask(input_ids, 0, None, prefix_length)  # [1, 1, seq, keys] or None
+        position_ids = self.get_position_ids(input_ids)
+        chunks = [slice(start, min(start + chunk_tokens, seq)) for start in range(0, seq, chunk_tokens)]
+        # rotary tables per chunk: the C rotary kernel reads them as contiguous [batch, chunk, head_dim]
+        rotaries = [self.rotary_tables(position_ids[..., chunk], hidden_states.dtype) for chunk in chunks]
+        piece_cost = 1 / (2 * len(self.layers))
+        for i, layer in enumerate(self.layers):
+            normed, queries, keys, values = [], [], [], []
+            for chunk, rotary in zip(chunks, rotaries):
+                normed.append(layer.input_layernorm(hidden_states[:, chunk]))
+                q, k, v = layer.attention.project(normed[-1], rotary)
+                queries.append(q)
+                keys.append(k)
+                values.append(v)
+                yield (chunk.stop - chunk.start) * piece_cost
+            k, v = cache.update(torch.cat(keys, dim=2), torch.cat(values, dim=2), i)
+            if prefix is not None:
+                k, v = torch.cat((prefix[2 * i], k), dim=2), torch.cat((prefix[2 * i + 1], v), dim=2)
+            outputs = []
+            for chunk, chunk_normed, q in zip(chunks, normed, queries):
+                chunk_mask = mask[:, :, chunk] if mask is not None else None
+                attention_output, _ = layer.attention.attend_keys(q, k, v, chunk_mask)
+                outputs.append(layer.after_attention(chunk_normed, attention_output))
+                yield (chunk.stop - chunk.start) * piece_cost
+            hidden_states = torch.cat(outputs, dim=1)
+        return self.final_layernorm(hidden_states[:, -1:])
 
 
 class ChatGLMForConditionalGeneration(ChatGLMPreTrainedModel, GenerationMixin):

@@ -86,3 +86,27 @@ def test_crop_and_batch_selection_keep_working(model, small_chunks):
         resumed = model(sequence[1:, 8:9], position_ids=positions, cache=cache, use_cache=True).logits[:, -1]
     assert cache.get_seq_length() == 9
     assert torch.allclose(resumed, logits[1:, 8 - 4], atol=1e-5)  # logits[:, k] follow token 4 + k
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 100])
+def test_prefill_in_pieces_gives_forwards_cache_and_last_hidden_state(model, tokenizer, chunk_tokens):
+    """The serving engine's chunked prefill: the context before <sop> attends both ways, so the pieces must
+    still give every token the whole context (a chunk-by-chunk causal pass would not)."""
+    ids = torch.tensor([tokenizer.encode("晚上睡不着应该怎么办")])
+    with torch.no_grad():
+        cache, pieces_cache = KVCache(), KVCache()
+        expected = model.transformer(ids, cache=cache, use_cache=True).last_hidden_state[:, -1:]
+        pieces = model.transformer.prefill_in_pieces(ids, pieces_cache, chunk_tokens)
+        costs = []
+        while True:
+            try:
+                costs.append(next(pieces))
+            except StopIteration as end:
+                hidden = end.value
+                break
+    assert sum(costs) == pytest.approx(ids.shape[1])
+    assert len(costs) == 2 * model.config.num_layers * -(-ids.shape[1] // chunk_tokens)
+    assert torch.allclose(hidden, expected, atol=1e-5)
+    for layer, pieces_layer in zip(cache.layers, pieces_cache.layers):
+        assert torch.allclose(layer.keys, pieces_layer.keys, atol=1e-5)
+        assert torch.allclose(layer.values, pieces_layer.values, atol=1e-5)

@@ -103,6 +103,64 @@ def test_a_failing_request_fails_alone(engine, door_model):
     assert again.output_ids == good.output_ids
 
 
+@pytest.mark.slow  # generates with the demo model
+def test_prompts_prefilled_in_small_chunks_give_chat_answers(door_model):
+    """Chunks of 2 tokens: every prompt takes several steps to join, several join while others decode."""
+    tokenizer, model = door_model
+    engine = Engine(model, max_batch_size=8, max_queue=8, prefill_chunk_tokens=2).start()
+    try:
+        history = [("你好", "你好！有什么可以帮你的吗？")]
+        cases = [(p, []) for p in PROMPTS] + [("晚上睡不着应该怎么办", history)]
+        sequences = []
+        for i, (query, past) in enumerate(cases):
+            sequences.append(Sequence(prompt_ids(tokenizer, query, past, MAX_LENGTH), MAX_LENGTH, temperature=0))
+            sequences[-1].max_new_tokens -= len(sequences[-1].prompt_ids)
+            engine.submit(sequences[-1])
+            if i == 1:  # the rest join a batch that is already decoding
+                while not sequences[0].output_ids:
+                    time.sleep(0.01)
+        wait_all(sequences)
+    finally:
+        engine.stop()
+    assert all(len(s.prompt_ids) > 2 for s in sequences), "every prompt should take several chunks"
+    for (query, past), sequence in zip(cases, sequences):
+        expected, _ = model.chat(tokenizer, query, history=past, max_length=MAX_LENGTH, do_sample=False)
+        assert answer(tokenizer, sequence) == expected, query
+
+
+@pytest.mark.slow  # generates with the demo model
+def test_a_long_prompt_joins_while_the_batch_decodes_and_can_be_cancelled_midway(door_model):
+    tokenizer, model = door_model
+    engine = Engine(model, max_batch_size=4, max_queue=4, prefill_chunk_tokens=1).start()
+    try:
+        running = Sequence(prompt_ids(tokenizer, "你好", [], 4096), 4000, ignore_eos=True)
+        engine.submit(running)
+        history = [(f"问题{i}", f"回答{i}") for i in range(40)]
+        long = Sequence(prompt_ids(tokenizer, "你好", history, 4096), 10, temperature=0)
+        assert len(long.prompt_ids) > 200  # a token a step: hundreds of steps to join
+        engine.submit(long)
+        while engine.prefilling is None or engine.prefilling.sequence is not long:
+            time.sleep(0.001)
+        before = len(running.output_ids)
+        while len(running.output_ids) < before + 3:  # the running answer goes on meanwhile
+            assert engine.prefilling is not None, "the long prompt joined too fast to be cancelled midway"
+            time.sleep(0.001)
+        engine.cancel(long)
+        assert long.done.wait(5)
+        assert long.finish_reason == CANCELLED and not long.output_ids
+        assert engine.prefilling is None and engine.stats()["running"] == 1
+        # the engine goes on as before: a new request gets chat's answer
+        ids = prompt_ids(tokenizer, "介绍一下北京", [], MAX_LENGTH)
+        after = Sequence(ids, MAX_LENGTH - len(ids), temperature=0)
+        engine.submit(after)
+        wait_all([after])
+        expected, _ = model.chat(tokenizer, "介绍一下北京", history=[], max_length=MAX_LENGTH, do_sample=False)
+        assert answer(tokenizer, after) == expected
+        assert not running.done.is_set()
+    finally:
+        engine.stop()
+
+
 @contextlib.contextmanager
 def one_long_answer_running(door_model, max_queue):
     """An engine that decodes one row at a time, already generating a long answer: (engine, ids, running)."""

@@ -37,7 +37,7 @@ def create_app(tokenizer, model, settings: ServerSettings | None = None, *, mode
     """The FastAPI app serving ``model``; its Engine starts and stops with the app's lifespan."""
     settings = settings or ServerSettings()
     engine = Engine(model, max_batch_size=settings.max_batch_size, max_queue=settings.max_queue,
-                    threads=settings.threads)
+                    threads=settings.threads, prefill_chunk_tokens=settings.prefill_chunk_tokens)
     app = FastAPI(title="ChatGLM-6B API", lifespan=lifespan, exception_handlers=HANDLERS,
                   description="The original `POST /` and OpenAI-compatible `/v1/chat/completions`, "
                               "with concurrent requests batched together.")

@@ -9,12 +9,13 @@
     answer.finish(seq.output_ids)
     print(answer.text)
 
-One background thread runs a step loop over the running sequences. A sequence joins at a step boundary
-(its prompt is prefilled alone, then its keys/values are merged into the running batch) and leaves as soon
-as it finishes, so every decoding step is ONE forward pass for all running sequences, each with its own
-sampling settings. Rows are left-padded to a common length; the model's 2-D padding mask hides the padding
-(it covers the cached positions too) and every row carries its own GLM positions, so a batched greedy
-answer is the answer `model.chat` gives alone.
+One background thread runs a step loop over the running sequences. A sequence joins between steps: its
+prompt is prefilled alone, a chunk of work at a time between two decoding steps (so a long prompt does not
+pause the running answers for the whole of its prefill), then its keys/values are merged into the running
+batch. It leaves as soon as it finishes, so every decoding step is ONE forward pass for all running
+sequences, each with its own sampling settings. Rows are left-padded to a common length; the model's 2-D
+padding mask hides the padding (it covers the cached positions too) and every row carries its own GLM
+positions, so a batched greedy answer is the answer `model.chat` gives alone.
 
 Text is produced on the consumer's side (TextStream): the engine deals in token ids only.
 """
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 # ("shutdown": the server's drain time ran out).
 STOP, LENGTH, CANCELLED, ERROR, SHUTDOWN = "stop", "length", "cancelled", "error", "shutdown"
 FINISH_REASONS = (STOP, LENGTH, CANCELLED, ERROR, SHUTDOWN)
+
+# Prompt tokens' worth of prefill work done between two decoding steps: small enough that a long prompt
+# joining pauses the running answers for a few decoding steps' time at most, large enough that its
+# products stay efficient (the per-piece overhead is paid once per layer, twice, per chunk).
+DEFAULT_PREFILL_CHUNK_TOKENS = 64
 
 
 class QueueFull(Exception):
@@ -80,6 +86,17 @@ def next_tokens(logits: torch.Tensor, settings) -> torch.Tensor:
     return sample_next_tokens(replace_invalid_scores(logits, each_row=True), *settings)
 
 
+class Prefill:
+    """A joining sequence's prompt on its way into its own KV cache: ``pieces`` is the model's
+    prefill_in_pieces generator, advanced a little between decoding steps."""
+
+    def __init__(self, sequence: Sequence, model, chunk_tokens: int):
+        self.sequence = sequence
+        self.ids = torch.tensor([sequence.prompt_ids], device=model.device)  # [1, prompt]
+        self.cache = BatchKVCache()
+        self.pieces = model.transformer.prefill_in_pieces(self.ids, self.cache, chunk_tokens)
+
+
 def default_engine_threads() -> int:
     """CPU threads an engine computes with by default: all cores but one, which the HTTP side (JSON,
     detokenizing, streams of events) needs for itself; generation threads sharing a core with it stall at
@@ -90,14 +107,20 @@ def default_engine_threads() -> int:
 class Engine:
     """Runs every submitted Sequence to its end on one background thread, batching them together.
 
-    ``max_batch_size`` sequences decode together; more wait in a queue of at most ``max_queue`` (then
-    ``submit`` raises QueueFull). ``cancel`` takes effect at the next step boundary. ``threads`` is the
-    number of CPU threads the steps compute with (None: torch's setting). ``drain`` stops taking sequences
-    and gives the ones it holds a deadline.
+    ``max_batch_size`` sequences decode together (a sequence being prefilled takes its place already); more
+    wait in a queue of at most ``max_queue`` (then ``submit`` raises QueueFull). Between two decoding steps
+    the engine does at most ``prefill_chunk_tokens`` prompt tokens' worth of prefill work (see
+    ChatGLMModel.prefill_in_pieces), for the oldest joining sequences first. ``cancel`` takes effect at the
+    next step boundary. ``threads`` is the number of CPU threads the steps compute with (None: torch's
+    setting). ``drain`` stops taking sequences and gives the ones it holds a deadline.
     """
 
-    def __init__(self, model, *, max_batch_size: int = 32, max_queue: int = 256, threads: int | None = None):
+    def __init__(self, model, *, max_batch_size: int = 32, max_queue: int = 256, threads: int | None = None,
+                 prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS):
+        if prefill_chunk_tokens < 1:
+            raise ValueError(f"prefill_chunk_tokens must be at least 1, got {prefill_chunk_tokens}")
         self.model = model
+        self.prefill_chunk_tokens = prefill_chunk_tokens
         self.threads = threads
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
@@ -106,6 +129,7 @@ class Engine:
         # a sequence that names no top_k samples as `model.chat` does: with the model's generation config
         self.default_top_k = model.generation_config.top_k or 0
         self.batch: RunningBatch | None = None  # touched by the engine thread only
+        self.prefilling: Prefill | None = None  # the joining sequence whose prompt is half prefilled
         self.waiting: collections.deque = collections.deque()
         self.wakeup = threading.Condition()
         self.stopping = False
@@ -140,7 +164,7 @@ class Engine:
             self.wakeup.notify()
 
     def idle(self) -> bool:
-        return self.batch is None and not self.waiting
+        return self.batch is None and self.prefilling is None and not self.waiting
 
     def submit(self, sequence: Sequence):
         with self.wakeup:
@@ -165,7 +189,7 @@ class Engine:
 
     def stats(self) -> dict:
         running = len(self.batch) if self.batch is not None else 0
-        return {"running": running, "waiting": len(self.waiting), **self.counts}
+        return {"running": running + (self.prefilling is not None), "waiting": len(self.waiting), **self.counts}
 
     # --- the engine thread ---
 
@@ -175,19 +199,16 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self.wakeup:
-                    while not self.stopping and not self.waiting and self.batch is None:
+                    while not self.stopping and self.idle():
                         self.wakeup.wait()
                     if self.stopping:
                         break
                     if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
                         self._end_all(SHUTDOWN)
                         continue
-                    free = self.max_batch_size - (len(self.batch) if self.batch is not None else 0)
-                    joining = [self.waiting.popleft() for _ in range(min(free, len(self.waiting)))]
                 try:
                     self._drop_cancelled()
-                    for sequence in joining:
-                        self._prefill(sequence)
+                    self._prefill_some()
                     if self.batch is not None:
                         self._decode_step()
                 except Exception as exc:  # a whole-batch failure (e.g. out of memory): the server goes on
@@ -199,9 +220,11 @@ class Engine:
 
     def _end_all(self, reason: str):
         """End every held sequence (called with ``wakeup`` held)."""
-        for sequence in list(self.waiting) + (self.batch.sequences if self.batch is not None else []):
+        prefilling = [self.prefilling.sequence] if self.prefilling is not None else []
+        for sequence in list(self.waiting) + prefilling + (self.batch.sequences if self.batch is not None else []):
             self._finish(sequence, reason)
         self.waiting.clear()
+        self.prefilling = None
         self.batch = None
 
     def _finish(self, sequence: Sequence, reason: str, error: str | None = None):
@@ -237,18 +260,48 @@ class Engine:
         else:
             self.batch = None
 
-    def _prefill(self, sequence: Sequence):
-        """Run the prompt alone (exactly as chat does), sample its first token, and merge it in. A failure
-        here (a bad id, out of memory on a long prompt) fails this sequence only."""
-        if sequence.cancel_requested:
-            self._finish(sequence, CANCELLED)
-            return
-        model = self.model
+    def _prefill_some(self):
+        """Spend up to ``prefill_chunk_tokens`` prompt tokens' worth of prefill work on the joining
+        sequences, oldest first; a sequence whose prefill ends samples its first token and joins the batch.
+        A failure here (a bad id, out of memory on a long prompt) fails that sequence only."""
+        budget = self.prefill_chunk_tokens
+        while budget > 0:
+            if self.prefilling is None and not self._start_prefill():
+                return
+            job = self.prefilling
+            if job.sequence.cancel_requested:
+                self.prefilling = None
+                self._finish(job.sequence, CANCELLED)
+                continue
+            try:
+                budget -= next(job.pieces)
+            except StopIteration as end:
+                self._join(job, end.value)
+                self.prefilling = None  # only now: idle() must not be true for a moment in between
+            except Exception as exc:
+                self.prefilling = None
+                logger.warning("prefill failed: %s: %s", type(exc).__name__, exc)
+                self._finish(job.sequence, ERROR, f"{type(exc).__name__}: {exc}")
+
+    def _start_prefill(self) -> bool:
+        """Take the oldest waiting sequence, if the batch has room for it; return whether one was taken."""
+        with self.wakeup:  # held throughout, so that idle() never sees the sequence in neither place
+            running = len(self.batch) if self.batch is not None else 0
+            if not self.waiting or running >= self.max_batch_size:
+                return False
+            sequence = self.waiting.popleft()
+            try:
+                self.prefilling = Prefill(sequence, self.model, self.prefill_chunk_tokens)
+            except Exception as exc:
+                logger.warning("prefill failed: %s: %s", type(exc).__name__, exc)
+                self._finish(sequence, ERROR, f"{type(exc).__name__}: {exc}")
+            return True
+
+    def _join(self, job: "Prefill", hidden: torch.Tensor):
+        """Sample the first token after a finished prefill and merge the sequence into the running batch."""
+        sequence, ids, model = job.sequence, job.ids, self.model
         try:
-            ids = torch.tensor([sequence.prompt_ids], device=model.device)  # [1, prompt]
-            cache = BatchKVCache()
-            logits = model(ids, position_ids=model.transformer.get_position_ids(ids), cache=cache,
-                           use_cache=True).logits[:, -1].float()
+            logits = model.lm_head(hidden)[:, -1].float()
             token = next_tokens(logits, sampling_settings([sequence], model.device))
             # the positions of the token just sampled, fed in at the next step
             positions = model.transformer.get_position_ids(torch.cat((ids, token[:, None]), dim=1),
@@ -258,7 +311,7 @@ class Engine:
             self._finish(sequence, ERROR, f"{type(exc).__name__}: {exc}")
             return
         self.counts["prompt_tokens"] += len(sequence.prompt_ids)
-        joined = RunningBatch(sequence, cache, torch.ones_like(ids), token, positions)
+        joined = RunningBatch(sequence, job.cache, torch.ones_like(ids), token, positions)
         if self._append_token(sequence, int(token)):
             if self.batch is None:
                 self.batch = joined

@@ -3,6 +3,8 @@
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 
+from .engine import DEFAULT_PREFILL_CHUNK_TOKENS
+
 
 @dataclass
 class ServerSettings:
@@ -16,6 +18,9 @@ class ServerSettings:
     max_batch_size: int = 32  # sequences decoded together
     max_queue: int = 256  # sequences waiting to join; more get 503
     threads: int | None = None  # CPU threads of the engine (None: torch's setting)
+    # prompt tokens' worth of prefill work between two decoding steps: how long a joining prompt may pause the
+    # running answers
+    prefill_chunk_tokens: int = DEFAULT_PREFILL_CHUNK_TOKENS
     # connections (chatglm.serving.server)
     request_timeout: float = 10.0  # seconds for a request's headers, and again for its body; then 408/closed
     max_connections: int = 512  # open connections; a request on one more gets 503
