@@ -8,6 +8,7 @@ from transformers.cache_utils import DynamicCache
 
 import chatglm.kv_cache as kv_cache
 from chatglm.kv_cache import KVCache
+from chatglm.serving.prefill import prefill_in_pieces
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_prefill_in_pieces_gives_forwards_cache_and_last_hidden_state(model, tok
     with torch.no_grad():
         cache, pieces_cache = KVCache(), KVCache()
         expected = model.transformer(ids, cache=cache, use_cache=True).last_hidden_state[:, -1:]
-        pieces = model.transformer.prefill_in_pieces(ids, pieces_cache, chunk_tokens)
+        pieces = prefill_in_pieces(model.transformer, ids, pieces_cache, chunk_tokens)
         costs = []
         while True:
             try:

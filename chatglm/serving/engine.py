@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from ..sampling import replace_invalid_scores, sample_next_tokens
 from .batch import BatchKVCache, RunningBatch, sampling_settings
+from .prefill import prefill_in_pieces
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class Prefill:
         self.sequence = sequence
         self.ids = torch.tensor([sequence.prompt_ids], device=model.device)  # [1, prompt]
         self.cache = BatchKVCache()
-        self.pieces = model.transformer.prefill_in_pieces(self.ids, self.cache, chunk_tokens)
+        self.pieces = prefill_in_pieces(model.transformer, self.ids, self.cache, chunk_tokens)
 
 
 def default_engine_threads() -> int:
@@ -110,7 +111,7 @@ class Engine:
     ``max_batch_size`` sequences decode together (a sequence being prefilled takes its place already); more
     wait in a queue of at most ``max_queue`` (then ``submit`` raises QueueFull). Between two decoding steps
     the engine does at most ``prefill_chunk_tokens`` prompt tokens' worth of prefill work (see
-    ChatGLMModel.prefill_in_pieces), for the oldest joining sequences first. ``cancel`` takes effect at the
+    prefill.prefill_in_pieces), for the oldest joining sequences first. ``cancel`` takes effect at the
     next step boundary. ``threads`` is the number of CPU threads the steps compute with (None: torch's
     setting). ``drain`` stops taking sequences and gives the ones it holds a deadline.
     """
