@@ -16,6 +16,7 @@ their output; INT4 weights are then re-packed once into the layout of torch's CP
 Either way `state_dict()` writes the original layout. On other devices the weight is dequantized just in time.
 """
 
+import enum
 import threading
 
 import torch
@@ -91,11 +92,27 @@ def quantize_weight(weight, bits):
 _repack_lock = threading.Lock()
 
 
+class Layout(enum.Enum):
+    """How the bytes of a quantized weight are arranged."""
+
+    CHECKPOINT = "checkpoint"  # int8 [rows, columns * bits / 8], as the checkpoints store it (any device)
+    ROW_TILES = "row tiles"  # uint8, the C kernels' row tiles (cpu_kernels.to_row_tiles)
+    TORCH_INT4 = "torch int4"  # uint8, the layout of torch's CPU int4 kernel (torch_fallback.to_int4_cpu_layout)
+
+
+class Packing:
+    """The layout of one quantized matrix, held by every module that holds its bytes (the quantized word
+    embeddings and the LM head share one), so that re-packing the shared Parameter updates them all."""
+
+    def __init__(self):
+        self.layout = Layout.CHECKPOINT
+
+
 class QuantizedWeight(nn.Module):
     """Storage of a quantized matrix [rows, columns]: `weight` int8 [rows, columns * bits / 8] in the
-    checkpoint layout and fp16 `weight_scale` [rows]. A CPU weight re-packed for this machine's kernels
-    (row tiles for the C kernels; without them, torch's int4 layout) is uint8 instead (the dtype tells
-    which); state_dict() and load_state_dict() always use the checkpoint layout."""
+    checkpoint layout and fp16 `weight_scale` [rows]. A CPU weight is re-packed for this machine's kernels
+    (row tiles for the C kernels; without them, torch's int4 layout): `layout` says which arrangement the
+    bytes are in. state_dict() and load_state_dict() always use the checkpoint layout."""
 
     def __init__(self, rows, columns, bits, device=None):
         super().__init__()
@@ -104,20 +121,30 @@ class QuantizedWeight(nn.Module):
         self.weight = nn.Parameter(torch.empty(rows, columns * bits // 8, dtype=torch.int8, device=device),
                                    requires_grad=False)
         self.weight_scale = nn.Parameter(torch.empty(rows, dtype=torch.float16, device=device), requires_grad=False)
+        self.packing = Packing()
         self.register_state_dict_post_hook(_save_original_layout)
         self.register_load_state_dict_pre_hook(_load_original_layout)
 
     @property
+    def layout(self) -> Layout:
+        return self.packing.layout
+
+    @property
     def in_cpu_kernel_layout(self):
-        return self.weight.dtype == torch.uint8
+        return self.layout is not Layout.CHECKPOINT
 
     def original_weight(self):
         """`weight` in the checkpoint layout (int8 [rows, columns * bits / 8])."""
-        if not self.in_cpu_kernel_layout:
-            return self.weight
-        if library() is not None:
+        if self.layout is Layout.ROW_TILES:
             return from_row_tiles(self.weight)
-        return from_int4_cpu_layout(self.weight, int4_cpu_layout())
+        if self.layout is Layout.TORCH_INT4:
+            return from_int4_cpu_layout(self.weight, int4_cpu_layout())
+        return self.weight
+
+    def _set_bytes(self, weight, layout):
+        # in place: quantized word embeddings hold the same Parameter (and Packing) as the LM head
+        self.weight.data = weight
+        self.packing.layout = layout
 
     def to_cpu_kernel_layout(self):
         """Re-pack a CPU weight, once, into the layout this machine's kernels read, keeping no second copy;
@@ -128,18 +155,19 @@ class QuantizedWeight(nn.Module):
             if not self.in_cpu_kernel_layout:
                 repacked = self._repacked_for_cpu()
                 if repacked is not None:
-                    # in place: quantized word embeddings hold the same Parameter as the LM head
-                    self.weight.data = repacked
+                    self._set_bytes(*repacked)
 
     def _repacked_for_cpu(self):
+        """(bytes, layout) for this machine's kernels, or None where they do not take this weight."""
         if library() is not None:
-            return to_row_tiles(self.weight) if takes_row_tiles(self.weight, self.bits == 4) else None
+            takes = takes_row_tiles(self.weight, self.bits == 4)
+            return (to_row_tiles(self.weight), Layout.ROW_TILES) if takes else None
         layout = int4_cpu_layout()
         rows, columns = self.weight.shape[0], self.weight.shape[1] * 2
         # rows past the last full block must fill a block of 16, 32 or 48 rows
         if self.bits != 4 or layout is None or rows % 16 or int4_kernel_group_size(columns) is None:
             return None
-        return to_int4_cpu_layout(self.weight, layout)
+        return to_int4_cpu_layout(self.weight, layout), Layout.TORCH_INT4
 
 
 class QuantizedLinear(QuantizedWeight):
@@ -193,7 +221,7 @@ class QuantizedLinear(QuantizedWeight):
 
     def cpu_integer_matmul(self, tokens):
         """tokens [n, in] (float32 or bfloat16) times the integer weight, unscaled: [n, out] in their dtype."""
-        if self.in_cpu_kernel_layout and library() is not None:
+        if self.layout is Layout.ROW_TILES:
             return self._row_tiles_matmul(tokens)
         if tokens.shape[0] >= DEQUANTIZED_MATMUL_MIN_TOKENS[self.bits] and self.fits_scratch:
             return F.linear(tokens, self._integer_values(tokens.dtype))
@@ -201,7 +229,7 @@ class QuantizedLinear(QuantizedWeight):
             if not is_aligned(self.weight):  # e.g. a memory-mapped checkpoint: one copy, in place
                 self.weight.data = aligned(self.weight)
             return int8_matmul(tokens, self.weight)
-        if not self.in_cpu_kernel_layout:  # a shape or CPU the int4 kernel does not take
+        if self.layout is Layout.CHECKPOINT:  # a shape or CPU the int4 kernel does not take
             return F.linear(tokens, self._integer_values(tokens.dtype))
         return int4_matmul(tokens, self.weight)
 
@@ -227,14 +255,15 @@ class QuantizedLinear(QuantizedWeight):
         if not self.fits_scratch:
             return self.integer_values().to(dtype)
         values = scratch(self.out_features, self.in_features, dtype)
-        if self.in_cpu_kernel_layout and library() is not None:  # row tiles
+        if self.layout is Layout.ROW_TILES:
             return expand(self.weight, values, int4=self.bits == 4)
-        if not self.in_cpu_kernel_layout or self.out_features % int4_cpu_layout().rows:
+        if self.layout is Layout.CHECKPOINT or self.out_features % int4_cpu_layout().rows:
             return values.copy_(self.integer_values())
         return int4_cpu_layout_values(self.weight, int4_cpu_layout(), values)
 
     def extra_repr(self):
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+                f"layout={self.layout.value!r}")
 
 
 class QuantizedEmbedding(QuantizedWeight):
@@ -248,17 +277,17 @@ class QuantizedEmbedding(QuantizedWeight):
 
     def forward(self, input_ids):
         ids = input_ids.flatten()
-        if self.in_cpu_kernel_layout and library() is None:  # re-packed for torch's int4 kernel
+        if self.layout is Layout.TORCH_INT4:
             values = int4_cpu_layout_rows(self.weight, int4_cpu_layout(), ids)
         else:
-            tiled = self.in_cpu_kernel_layout  # in the C kernels' row tiles
+            tiled = self.layout is Layout.ROW_TILES
             rows = row_tiles_rows(self.weight, ids) if tiled else self.weight.index_select(0, ids)
             values = unpack_int4(rows) if self.bits == 4 else rows
         rows = values.float() * self.weight_scale.index_select(0, ids).float()[:, None]  # [tokens, hidden]
         return rows.view(*input_ids.shape, self.embedding_dim)
 
     def extra_repr(self):
-        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}"
+        return f"{self.num_embeddings}, {self.embedding_dim}, bits={self.bits}, layout={self.layout.value!r}"
 
 
 def _save_original_layout(module, state_dict, prefix, local_metadata):
@@ -272,7 +301,7 @@ def _load_original_layout(module, state_dict, prefix, local_metadata, strict, mi
                           error_msgs):
     """Checkpoints carry the original layout: a layer holding kernel bytes goes back to it before loading."""
     if module.in_cpu_kernel_layout and prefix + "weight" in state_dict:
-        module.weight.data = module.original_weight()
+        module._set_bytes(module.original_weight(), Layout.CHECKPOINT)
 
 
 def to_cpu_kernel_layout(model):
@@ -316,6 +345,6 @@ def quantize_word_embeddings(model, bits, empty=False):
     if not empty:
         quantized.weight.data, quantized.weight_scale.data = quantize_weight(embeddings.weight, bits)
     head = QuantizedLinear(hidden_size, vocab_size, bits, bias=False, device=embeddings.weight.device)
-    head.weight, head.weight_scale = quantized.weight, quantized.weight_scale
+    head.weight, head.weight_scale, head.packing = quantized.weight, quantized.weight_scale, quantized.packing
     model.transformer.word_embeddings, model.lm_head = quantized, head
     return model

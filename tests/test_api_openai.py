@@ -1,6 +1,5 @@
 """The OpenAI-compatible routes of api.py, driven by the official `openai` client against the live server."""
 
-import threading
 
 import httpx
 import openai
@@ -92,28 +91,6 @@ def test_messages_map_onto_query_and_history(client, door_model):
     reply = client.chat.completions.create(model="m", messages=messages, temperature=0)
     expected = chat_alone(door_model, "晚上睡不着怎么办", [("你是一个助手\n你好", "你好！")])
     assert reply.choices[0].message.content == expected
-
-
-def test_concurrent_requests_are_batched_and_equal_chat_alone(api_server, client, door_model):
-    queries = ["你好", "hi", "晚上睡不着应该怎么办", "Write a haiku about the sea",
-               "1+1等于几？请详细解释一下你的计算过程，然后再举三个例子", "介绍一下北京"]
-    stats = lambda: httpx.get(api_server.url + "/health", timeout=30).json()["engine"]  # noqa: E731
-    before = stats()
-    answers = {}
-
-    def ask(query):
-        reply = client.chat.completions.create(model="m", messages=[{"role": "user", "content": query}], temperature=0)
-        answers[query] = reply.choices[0].message.content
-
-    threads = [threading.Thread(target=ask, args=(q,)) for q in queries]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    for query in queries:
-        assert answers[query] == chat_alone(door_model, query), query
-    after = stats()
-    assert after["steps"] - before["steps"] < after["generated_tokens"] - before["generated_tokens"]
 
 
 def test_models(client):

@@ -16,6 +16,7 @@ from transformers import AutoModel
 from chatglm import ChatGLMForConditionalGeneration, cpu_features, cpu_kernels, quantization
 from chatglm.quantization import (
     DEQUANTIZED_MATMUL_MIN_TOKENS,
+    Layout,
     QuantizedEmbedding,
     QuantizedLinear,
     pack_int4,
@@ -243,7 +244,8 @@ def test_cpu_layer_keeps_one_copy_of_its_weight(bits, kernels):
             layer(torch.randn(tokens, in_features))
         assert tensor_bytes(layer) == out_features * in_features * bits // 8 + scales_and_bias
     # the C kernels read row tiles, torch's int4 kernel its own layout, its int8 kernel the original one
-    assert layer.in_cpu_kernel_layout == (kernels == "c-kernels" or bits == 4)
+    expected = Layout.ROW_TILES if kernels == "c-kernels" else Layout.TORCH_INT4 if bits == 4 else Layout.CHECKPOINT
+    assert layer.layout is expected and f"layout={expected.value!r}" in repr(layer)
 
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -271,7 +273,7 @@ def test_int4_values_survive_the_kernel_layout(torch_kernels_only):
     layer.weight.data, layer.weight_scale.data = pack_int4(values), torch.ones(128, dtype=torch.float16)
     with torch.no_grad():
         layer(torch.randn(1, 64))
-    assert layer.in_cpu_kernel_layout
+    assert layer.layout is Layout.TORCH_INT4
     assert torch.equal(layer.integer_values(), values)
     assert torch.equal(unpack_int4(layer.original_weight()), values)
 
@@ -325,7 +327,14 @@ def test_quantized_embeddings_share_one_matrix_with_the_lm_head(bits, vocab_size
     # quantize() re-packed the shared weight for this machine's kernels, where they take its shape: the C
     # kernels' row tiles (two rows after the last tile of 1042); torch's int4 layout (blocks of 16 rows)
     c_kernels_take, torch_takes = hidden_size % 128 == 0, bits == 4 and vocab_size % 16 == 0
-    assert embeddings.in_cpu_kernel_layout == (c_kernels_take if kernels == "c-kernels" else torch_takes)
+    takes = c_kernels_take if kernels == "c-kernels" else torch_takes
+    kernel_layout = Layout.ROW_TILES if kernels == "c-kernels" else Layout.TORCH_INT4
+    assert embeddings.layout is head.layout is (kernel_layout if takes else Layout.CHECKPOINT)
+    # a copy keeps the two sharing one matrix and one stated layout
+    copied = copy.deepcopy(model)
+    assert copied.lm_head.weight is copied.transformer.word_embeddings.weight
+    assert copied.lm_head.packing is copied.transformer.word_embeddings.packing is not embeddings.packing
+    assert torch.equal(copied.lm_head.original_weight(), packed)
 
     ids = torch.tensor([[5, vocab_size - 1, 1030, 64, 1001, 1003]])
     with torch.no_grad():

@@ -312,3 +312,32 @@ def test_follow_wakes_per_token_or_once_at_the_end(engine, door_model, each_toke
         assert len(wakes) > 2  # the engine's steps coalesce only when the loop is late
     else:
         assert wakes == [None, LENGTH] or wakes == [LENGTH]  # the first pass runs before any token may come
+
+
+@pytest.mark.slow  # starts worker processes
+def test_prompt_workers_come_back_after_a_worker_dies(door_model):
+    import os
+    import signal
+
+    from chatglm.serving.prompts import PromptWorkers
+
+    tokenizer, _ = door_model
+    history = [("你好", "你好！有什么可以帮你的吗？")]
+    expected = prompt_ids(tokenizer, "晚上睡不着应该怎么办", history, 256)
+
+    async def scenario():
+        workers = PromptWorkers(tokenizer, processes=2)
+        try:
+            await workers.start()
+            assert await workers.prompt_ids("晚上睡不着应该怎么办", history, 256) == expected
+            for pid in list(workers.pool._processes):
+                os.kill(pid, signal.SIGKILL)
+            with pytest.raises(PromptTooLong):  # the rule still holds after the restart
+                await workers.prompt_ids("晚上睡不着应该怎么办", history, 3)
+            answers = await asyncio.gather(*(workers.prompt_ids("晚上睡不着应该怎么办", history, 256)
+                                             for _ in range(4)))
+            assert answers == [expected] * 4 and workers.restarts == 1
+        finally:
+            workers.close()
+
+    asyncio.run(scenario())

@@ -6,11 +6,15 @@ every running stream would stall with it; worker processes have GILs of their ow
 """
 
 import asyncio
+import logging
 import multiprocessing
 import signal
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from ..generation import prompt_ids
+
+logger = logging.getLogger(__name__)
 
 _tokenizer = None  # in a worker: the server's tokenizer, sent once when the worker starts
 
@@ -29,17 +33,36 @@ def _prompt_ids(query: str, history: list, max_length: int) -> list[int]:
 
 class PromptWorkers:
     """``await workers.prompt_ids(query, history, max_length)``: generation.prompt_ids in a worker process
-    (raises PromptTooLong the same way)."""
+    (raises PromptTooLong the same way). A worker that dies (killed, out of memory) breaks the whole pool;
+    the pool is then started again and the prompt built there, so one lost process costs one slow request,
+    not every later one."""
 
     def __init__(self, tokenizer, processes: int = 2):
+        self.tokenizer, self.processes = tokenizer, processes
+        self.pool = self._new_pool()
+        self.restarts = 0
+
+    def _new_pool(self) -> ProcessPoolExecutor:
         # spawned, not forked: the server's process runs threads (the engine's, torch's) by then
-        self.pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_keep, initargs=(tokenizer,))
-        self.processes = processes
+        return ProcessPoolExecutor(self.processes, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_keep, initargs=(self.tokenizer,))
 
     async def prompt_ids(self, query: str, history, max_length: int) -> list[int]:
-        return await asyncio.get_running_loop().run_in_executor(self.pool, _prompt_ids, query, list(history),
-                                                                max_length)
+        args = (query, list(history), max_length)
+        pool = self.pool
+        try:
+            return await asyncio.get_running_loop().run_in_executor(pool, _prompt_ids, *args)
+        except BrokenProcessPool:
+            self._replace(pool)
+        return await asyncio.get_running_loop().run_in_executor(self.pool, _prompt_ids, *args)
+
+    def _replace(self, broken: ProcessPoolExecutor) -> None:
+        if self.pool is not broken:  # another request has already replaced it
+            return
+        logger.warning("a prompt worker process died; starting the prompt workers again")
+        broken.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
+        self.restarts += 1
 
     async def start(self):
         """Start every worker now (each imports the package: seconds), not on the first requests."""
