@@ -5,6 +5,10 @@
 ``door_checkpoint``  what the front-door tests load: the bundled demo checkpoint (chatglm.DEMO_MODEL_PATH).
 ``api_server``       api.py serving ``door_checkpoint`` as a real server process on a free port (session-scoped).
 
+``TEST_THREADS``     torch threads of every test process (this one and the scripts it starts): the cores shared out
+                     between pytest-xdist's workers (`-n 2`), so that two workers' threads do not spin against
+                     each other; at most 2, the protocol of the scripts' defaults.
+
 ``@pytest.mark.requires_cpu_kernels``  skips a test, with the reason, where the C kernels of chatglm/cpu_kernels.py
                      cannot be built (no compiler, not x86-64, CHATGLM_CPU_KERNELS=0, a build that failed).
 """
@@ -23,6 +27,14 @@ GOLDENS_DIR = Path(__file__).resolve().parent / "goldens"
 # The special ids of the goldens' tokenizer (tests/goldens/tokenizer), which most small test models share.
 GOLDENS_VOCAB_SIZE = 10310
 MASK, GMASK, SOP, EOP, PAD = 9966, 9967, 9970, 9971, 3
+
+TEST_THREADS = max(1, min(2, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+
+
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(TEST_THREADS)
 
 
 def tiny_config(**overrides):
@@ -110,7 +122,7 @@ def script_env():
         "GRADIO_ANALYTICS_ENABLED": "False",
         "PYTHONUNBUFFERED": "1",
         "PYTHONIOENCODING": "utf-8",
-        "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
+        "OMP_NUM_THREADS": str(TEST_THREADS),
         "TOKENIZERS_PARALLELISM": "false",
     })
     return env

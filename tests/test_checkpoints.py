@@ -245,3 +245,16 @@ def test_export_is_self_contained(model, tokenizer, tmp_path):
     assert result.stdout.startswith(f"kernels {cpu_kernels.unavailable_reason() is None}\ntransformers_modules.")
     expected, _ = model.chat(tokenizer, "你好", history=[], max_length=12, do_sample=False)
     assert result.stdout.strip().endswith(repr(expected))
+
+
+def test_a_non_editable_install_carries_every_subpackage():
+    """`pip install .` (not -e) installs only the packages pyproject.toml lists."""
+    from conftest import REPO_ROOT
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    for top in ("chatglm", "ptuning", "demo"):
+        for init in (REPO_ROOT / top).rglob("__init__.py"):
+            package = ".".join(init.parent.relative_to(REPO_ROOT).parts)
+            assert package in listed, f"{package} is missing from [tool.setuptools] packages"

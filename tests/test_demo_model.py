@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, TEST_THREADS
 
 DEMO = REPO_ROOT / "chatglm-demo"
 
@@ -40,12 +40,10 @@ def check_answer(answer, chinese, tokenizer):
 
 @pytest.fixture(scope="module")
 def loaded():
-    import torch
     from transformers import AutoModel, AutoTokenizer
 
     import chatglm  # noqa: F401  (registers the Auto classes)
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
     tokenizer = AutoTokenizer.from_pretrained(str(DEMO))
     model = AutoModel.from_pretrained(str(DEMO)).eval()
     return tokenizer, model
@@ -125,7 +123,7 @@ def test_trust_remote_code_without_our_package(tmp_path):
     """)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     env.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"),
-                "OMP_NUM_THREADS": "2", "PYTHONIOENCODING": "utf-8"})
+                "OMP_NUM_THREADS": str(TEST_THREADS), "PYTHONIOENCODING": "utf-8"})
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True,
                             text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
