@@ -242,8 +242,8 @@ def convert_for_cpp(checkpoint, ggml_type, out_path):
         ChatGLMConverter.convert(file, model, tokenizer, GGMLType[ggml_type.upper()])
 
 
-def read_bandwidth(threads):
-    """GB/s reading a 2 GiB float32 tensor (best of 5), two ways: torch summing it (the perf protocol's
+def read_bandwidth(threads, gib=2.0):
+    """GB/s reading a ``gib`` GiB float32 tensor (best of 5), two ways: torch summing it (the perf protocol's
     measure) and the SIMD kernel of chatglm.cpu_kernels multiplying it, as a [2^17, 4096] matrix, with a
     vector (torch's sum is compute-bound on some CPUs, so it can understate what the memory delivers);
     both again after moving the tensor into 2 MB pages, as the model's weights are (see huge_pages)."""
@@ -252,7 +252,7 @@ def read_bandwidth(threads):
     from chatglm import cpu_kernels, huge_pages
 
     torch.set_num_threads(threads)
-    data = torch.ones(2**29)
+    data = torch.ones(max(1, int(gib * 2**16)) * 4096)  # whole rows of 4096 float32 values, 2^16 per GiB
     matrix, vector = data.view(-1, 4096), torch.ones(4096)
     reads = {"torch_sum": data.sum}
     if cpu_kernels.takes_matmul(vector, matrix):
@@ -279,7 +279,8 @@ def read_bandwidth_now(args):
     """GB/s: the best of read_bandwidth's reads, in a process of its own (0 with --load-only)."""
     if args.load_only:
         return 0
-    bandwidth = run_child(sys.executable, ["--bandwidth", "--threads", str(args.threads)], args.threads,
+    bandwidth = run_child(sys.executable, ["--bandwidth", "--threads", str(args.threads), "--bandwidth-gib",
+                                           str(args.bandwidth_gib)], args.threads,
                           **ISA_ENVIRONMENT[args.isa])
     return max(bandwidth.values())
 
@@ -357,8 +358,8 @@ def print_table(args, results):
     paths = sorted({r["cpu_path"] for r in results.values() if "cpu_path" in r})
     print(f"--isa {args.isa}: {'; '.join(paths) or 'chatglm.cpp only'}")
     print(f"{args.threads} threads, best of {args.passes} pass(es) of {args.rounds} decode round(s); read bandwidth = "
-          "the best of torch's sum and the SIMD read over 2 GiB, the mean of its figures right before and right "
-          "after the run whose decode @16 is shown")
+          f"the best of torch's sum and the SIMD read over {args.bandwidth_gib:g} GiB, the mean of its figures right "
+          "before and right after the run whose decode @16 is shown")
     print("| configuration | weights read / token GB | prefill @512 tok/s | decode @16 ms/tok | decode @16, median "
           "of rounds | decode @1024 ms/tok | @1024 / @16 | peak RSS GB | read bandwidth GB/s | bandwidth use @16 |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -394,6 +395,8 @@ def main():
     parser.add_argument("--convert", help=argparse.SUPPRESS)  # write a chatglm.cpp model file
     parser.add_argument("--bandwidth", action="store_true",
                         help="only measure the read bandwidth (GB/s; in 4 KB and in 2 MB pages) and exit")
+    parser.add_argument("--bandwidth-gib", type=float, default=2.0,
+                        help="size of the read-bandwidth probe in GiB (default 2: well past the CPU's caches)")
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -407,7 +410,7 @@ def main():
         print(json.dumps({"converted": args.out}))
         return
     if args.bandwidth:
-        print(json.dumps(read_bandwidth(args.threads)))
+        print(json.dumps(read_bandwidth(args.threads, args.bandwidth_gib)))
         return
     if not args.model:
         parser.error("--model is required")

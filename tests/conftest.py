@@ -60,6 +60,16 @@ def cpu_kernels_missing():
     return cpu_kernels.unavailable_reason() or "the C kernels failed to build (see the logged warning)"
 
 
+def pytest_collection_modifyitems(config, items):
+    """For pytest-xdist's `--dist loadgroup` (pyproject.toml): a module's tests run on one worker, so that its
+    module-scoped servers and models start once, and the modules that share the session's api.py server run on
+    one worker with it."""
+    modules_on_the_shared_server = {item.module.__name__ for item in items if "api_server" in item.fixturenames}
+    for item in items:
+        module = item.module.__name__
+        item.add_marker(pytest.mark.xdist_group("api_server" if module in modules_on_the_shared_server else module))
+
+
 def pytest_runtest_setup(item):
     if item.get_closest_marker("requires_cpu_kernels"):
         reason = cpu_kernels_missing()

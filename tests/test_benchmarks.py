@@ -79,7 +79,8 @@ def test_benchmark_prints_the_perf_table_for_a_checkpoint(script_env, tmp_path):
                     "--hidden-size", "128"], check=True, capture_output=True, env=script_env, cwd=REPO_ROOT,
                    timeout=300)
     result = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "benchmark.py"), "--model", str(checkpoint),
-                             "--configs", "int4", "--rounds", "2", "--json", str(tmp_path / "out.json")],
+                             "--configs", "int4", "--rounds", "2", "--bandwidth-gib", "0.25",
+                             "--json", str(tmp_path / "out.json")],
                             capture_output=True, text=True, env=script_env, cwd=REPO_ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "best of 1 pass(es) of 2 decode round(s)" in result.stdout
