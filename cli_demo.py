@@ -95,6 +95,9 @@ class _AnswerInterrupt:
 
 
 def interactive(model, tokenizer, args) -> None:
+    # Ctrl-C at the prompt must work even when the parent ignored SIGINT (a child inherits that, and Python
+    # then leaves it ignored instead of raising KeyboardInterrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _enable_line_editing()
     # Undecodable bytes reach us as lone surrogates (checked below) instead of raising inside input().
     sys.stdin.reconfigure(errors="surrogateescape")
